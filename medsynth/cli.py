@@ -1,0 +1,304 @@
+"""The ``medsynth`` command: parse options, call the library, print results.
+
+Exit status: 0 success, 1 a check that ran and failed, 2 bad usage or input.
+``--json`` prints exactly one JSON object on stdout; progress and logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from medsynth import __version__
+
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UserError(Exception):
+    """A mistake in the command line or the input; printed without a traceback, exit status 2."""
+
+
+class NotYetImplemented(UserError):
+    pass
+
+
+def _not_implemented(command: str, issue: str):
+    def run(args) -> int:
+        raise NotYetImplemented(f"'medsynth {command}' is not implemented yet (planned in {issue}); "
+                                "the options above show what it will accept")
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# data inspect / data prepare
+
+
+def _cmd_data_inspect(args) -> int:
+    from medsynth.data.inspect import inspect_dataset, render_text
+    from medsynth.data.sources import discover
+
+    labels = [s for s in args.labels.split(",") if s] if args.labels else None
+    disc = discover(args.path, manifest=args.manifest, layout=args.layout, labels=labels,
+                    patient_pattern=args.patient_pattern)
+    report = inspect_dataset(disc, holdout_fraction=args.holdout_fraction, split_seed=args.split_seed,
+                             volume_index=args.volume_index, workers=args.workers)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(render_text(report))
+    return EXIT_OK
+
+
+def _resolve(args):
+    from medsynth.config import resolve_config
+
+    return resolve_config(args.config, args.overrides)
+
+
+def prepare_run_data(cfg, run_dir: Path, progress=None):
+    """Write the resolved config, build or open the tensor cache, and write or reuse split.json."""
+    from medsynth.config import dump_config
+    from medsynth.data import build_dataset
+    from medsynth.data.sources import Split
+    from medsynth.runs import atomic_write_text
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    split_path = run_dir / "split.json"
+    split = Split.load(split_path) if split_path.is_file() else None
+    bundle = build_dataset(cfg.data, split=split, progress=progress)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    if split is None:
+        bundle.split.save(split_path)
+    return bundle
+
+
+def _cmd_data_prepare(args) -> int:
+    cfg = _resolve(args)
+    run_dir = Path(args.run_dir or Path("runs") / cfg.name)
+    b = prepare_run_data(cfg, run_dir)
+    p = b.prepared
+    summary = {"run_dir": str(run_dir), "items": len(p), "shape": list(p.images.shape[1:]), "labels": p.labels,
+               "train_items": int(b.train_indices.size), "holdout_items": int(b.holdout_indices.size),
+               "train_patients": len(b.split.train_patients), "holdout_patients": len(b.split.holdout_patients),
+               "intensity": b.mapping.to_dict(), "skipped": len(p.skipped) + len(b.discovery.skipped),
+               "cache": p.path, "from_cache": p.from_cache, "seconds": round(p.seconds, 3),
+               "fingerprint": p.content_sha256}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"Prepared {summary['items']} items of shape {'x'.join(map(str, summary['shape']))} "
+              f"({'from cache' if p.from_cache else 'built'} in {p.seconds:.1f} s)")
+        print(f"  train {summary['train_items']} items / {summary['train_patients']} patients, "
+              f"holdout {summary['holdout_items']} / {summary['holdout_patients']}")
+        m = b.mapping
+        print(f"  intensity window [{m.source_min:.4g}, {m.source_max:.4g}] -> [-1, 1] ({m.mode})")
+        if summary["skipped"]:
+            print(f"  skipped {summary['skipped']} file(s); see 'medsynth data inspect' for reasons")
+        print(f"  wrote {run_dir / 'config.yaml'} and {run_dir / 'split.json'}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# demo
+
+
+def _cmd_demo(args) -> int:
+    from medsynth.config import resolve_config
+    from medsynth.data.inspect import inspect_dataset, render_text
+    from medsynth.data.sources import discover
+
+    out = Path(args.out)
+    print("medsynth demo: the data stage on the bundled real sample (MedNIST chest X-ray and brain MRI, "
+          "IXI T1 volumes).", file=sys.stderr)
+    for sample in ("sample:mednist", "sample:ixi"):
+        report = inspect_dataset(discover(sample), workers=args.workers)
+        print(f"\n== {sample} ==")
+        print(render_text(report))
+    cfg = resolve_config(None, {"name": "demo", "data.path": "sample:mednist", "data.workers": args.workers})
+    b = prepare_run_data(cfg, out)
+    print(f"\nPrepared {len(b.prepared)} training tensors ({', '.join(b.labels)}) in {b.prepared.seconds:.1f} s; "
+          f"run directory: {out} (config.yaml, split.json)")
+    print("Training, generation, evaluation, privacy checks and export join the demo as their "
+          "commands land (issues #3-#9).")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
+# parser
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _add_json(p):
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else there")
+
+
+def _add_config(p, required=True):
+    p.add_argument("--config", required=required, metavar="FILE", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides applied after the file, e.g. train.batch_size=64 data.image_size=[64,64]")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="medsynth", formatter_class=_Formatter,
+        description="Train generative models on X-ray and MRI data, generate synthetic scans, check their "
+                    "fidelity and privacy, and export them as DICOM, NIfTI or PNG.",
+        epilog="Exit status: 0 success, 1 a check ran and failed (e.g. privacy verdict), 2 bad usage or input.\n"
+               "Run 'medsynth COMMAND --help' for a command's options.")
+    p.add_argument("--version", action="version", version=f"medsynth {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    # data
+    data = sub.add_parser("data", help="inspect a dataset or build its tensor cache",
+                          description="Look at a dataset before training.", formatter_class=_Formatter)
+    dsub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    ins = dsub.add_parser(
+        "inspect", help="counts per label, modality, size, spacing, patients; skipped files and why",
+        description="Read every image in PATH and report counts per label, modality, size and spacing, the "
+                    "number of patients, files skipped and why, and the train/holdout split sizes.\n"
+                    "PATH is a folder (class folders or flat), or sample:mednist / sample:ixi for the "
+                    "bundled sample. Nothing in PATH is modified.",
+        formatter_class=_Formatter)
+    ins.add_argument("path", metavar="PATH")
+    ins.add_argument("--manifest", metavar="CSV", help="CSV with columns path,label,patient_id[,split] "
+                                                       "(paths relative to the CSV)")
+    ins.add_argument("--layout", default="auto", choices=["auto", "class-folders", "flat", "manifest"])
+    ins.add_argument("--labels", metavar="A,B", help="keep only these labels")
+    ins.add_argument("--patient-pattern", metavar="REGEX",
+                     help="regex on the relative path whose group 1 is the patient ID")
+    ins.add_argument("--holdout-fraction", type=float, default=0.2, metavar="F",
+                     help="share of patients held out (default 0.2)")
+    ins.add_argument("--split-seed", type=int, default=0, metavar="S")
+    ins.add_argument("--volume-index", type=int, metavar="I", help="volume to read from 4D NIfTI files")
+    ins.add_argument("--workers", type=int, default=0, metavar="N", help="reader processes (0: auto)")
+    _add_json(ins)
+    ins.set_defaults(func=_cmd_data_inspect)
+
+    prep = dsub.add_parser(
+        "prepare", help="preprocess into the tensor cache; write config.yaml and split.json",
+        description="Resolve the config, preprocess the dataset into the tensor cache (or reuse it), split it "
+                    "by patient and write the resolved config.yaml and split.json into the run directory. "
+                    "An existing split.json there is reused, never rewritten.",
+        formatter_class=_Formatter)
+    _add_config(prep)
+    prep.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/<name>)")
+    _add_json(prep)
+    prep.set_defaults(func=_cmd_data_prepare)
+    data.set_defaults(func=lambda a: _help_and_fail(data))
+
+    # train
+    tr = sub.add_parser(
+        "train", help="train a generator; creates a run directory",
+        description="Train a GAN on the dataset named in the config. Creates the run directory with the "
+                    "resolved config.yaml, split.json, checkpoints/, samples/ and metrics.jsonl.",
+        formatter_class=_Formatter)
+    _add_config(tr, required=False)
+    tr.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/<name>)")
+    tr.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    tr.set_defaults(func=_not_implemented("train", "issue #3"))
+
+    gen = sub.add_parser("generate", help="sample synthetic images from a run or checkpoint",
+                         description="Sample images from a trained generator and write them with a manifest "
+                                     "(seed, label, checkpoint hash per image). Same seed, same images.",
+                         formatter_class=_Formatter)
+    gen.add_argument("source", metavar="RUN_OR_CHECKPOINT")
+    gen.add_argument("-n", type=int, required=True, metavar="N", help="number of images")
+    gen.add_argument("--label", metavar="L", help="class label to generate (conditional models)")
+    gen.add_argument("--seed", type=int, default=0, metavar="S")
+    gen.add_argument("--batch-size", type=int, default=64, metavar="B")
+    gen.add_argument("--truncation", type=float, default=1.0, metavar="PSI", help="latent truncation (1: none)")
+    gen.add_argument("--out", metavar="DIR", help="output folder (default RUN/samples/generated)")
+    gen.set_defaults(func=_not_implemented("generate", "issue #3"))
+
+    ev = sub.add_parser("evaluate", help="fidelity metrics: FID, KID, precision/recall, diversity",
+                        description="Compare synthetic with real images: FID (identical to pytorch-fid's), KID, "
+                                    "precision/recall, density/coverage and MS-SSIM diversity. Give a RUN, or "
+                                    "--real and --synthetic folders.", formatter_class=_Formatter)
+    ev.add_argument("run", nargs="?", metavar="RUN")
+    ev.add_argument("--real", metavar="DIR")
+    ev.add_argument("--synthetic", metavar="DIR")
+    ev.add_argument("--save-stats", metavar="NPZ", help="save the real set's feature statistics for reuse")
+    _add_json(ev)
+    ev.set_defaults(func=_not_implemented("evaluate", "issue #5"))
+
+    pr = sub.add_parser("privacy", help="memorization and membership-inference checks",
+                        description="Check synthetic images for memorized training images and membership "
+                                    "leakage against the run's holdout; writes privacy.json and a verdict "
+                                    "(exit 1 when it fails).", formatter_class=_Formatter)
+    pr.add_argument("run", nargs="?", metavar="RUN")
+    pr.add_argument("--real-train", metavar="DIR")
+    pr.add_argument("--real-holdout", metavar="DIR")
+    pr.add_argument("--synthetic", metavar="DIR")
+    pr.add_argument("--filter", metavar="DIR", help="write the samples that passed to DIR")
+    _add_json(pr)
+    pr.set_defaults(func=_not_implemented("privacy", "issue #6"))
+
+    ex = sub.add_parser("export", help="write synthetic images as DICOM, NIfTI or PNG",
+                        description="Export synthetic images with their provenance as standard-conformant, "
+                                    "clearly synthetic DICOM, NIfTI or PNG files plus a manifest.csv.",
+                        formatter_class=_Formatter)
+    ex.add_argument("run", metavar="RUN")
+    ex.add_argument("--format", required=True, choices=["dicom", "nifti", "png"])
+    ex.add_argument("-n", type=int, metavar="N", help="generate and export N new images")
+    ex.add_argument("--from-samples", metavar="DIR", help="export images already generated into DIR")
+    ex.add_argument("--out", metavar="DIR", help="output folder (default RUN/export)")
+    ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("--skip-privacy-check", action="store_true",
+                    help="export samples that were not checked or failed (recorded in the provenance)")
+    ex.set_defaults(func=_not_implemented("export", "issue #7"))
+
+    ut = sub.add_parser("utility", help="downstream classifier: real vs real+synthetic vs synthetic-only",
+                        description="Train a small MONAI classifier on real, real+synthetic and synthetic-only "
+                                    "data and report accuracy and AUC on the real holdout.",
+                        formatter_class=_Formatter)
+    ut.add_argument("run", metavar="RUN")
+    _add_json(ut)
+    ut.set_defaults(func=_not_implemented("utility", "issue #8"))
+
+    demo = sub.add_parser("demo", help="the whole job on the bundled real sample, offline",
+                          description="Run medsynth end to end on the bundled real sample. Today: inspect the "
+                                      "sample and prepare a run's data (config.yaml, split.json, tensor cache); "
+                                      "training, evaluation, privacy and export join as they land.",
+                          formatter_class=_Formatter)
+    demo.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory (default runs/demo)")
+    demo.add_argument("--workers", type=int, default=0, metavar="N", help="reader processes (0: auto)")
+    demo.set_defaults(func=_cmd_demo)
+    return p
+
+
+def _help_and_fail(parser) -> int:
+    parser.print_help(sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    from medsynth.config import ConfigError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("medsynth: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ConfigError) as e:
+        print(f"medsynth: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as e:
+        # errors about the user's data are expected; anything else is a bug and keeps its traceback
+        from medsynth.data.readers import UnreadableFile
+        from medsynth.data.sources import DataError
+
+        if isinstance(e, (DataError, UnreadableFile)):
+            print(f"medsynth: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        raise

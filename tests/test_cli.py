@@ -1,0 +1,145 @@
+"""The command line as a user meets it: real --help, exit codes, JSON on stdout, no tracebacks."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medsynth.cli import build_parser, main
+from tests.conftest import MEDNIST
+
+REPO = Path(__file__).resolve().parents[1]
+COMMANDS = [["data", "inspect"], ["data", "prepare"], ["train"], ["generate"], ["evaluate"], ["privacy"],
+            ["export"], ["utility"], ["demo"]]
+
+
+def run(*argv, cwd=None):
+    """The installed entry point in a subprocess: what a user's shell sees."""
+    p = subprocess.run([sys.executable, "-m", "medsynth", *map(str, argv)], capture_output=True, text=True,
+                       cwd=cwd or REPO, timeout=300)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c))
+def test_every_command_has_a_real_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*cmd, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert f"usage: medsynth {' '.join(cmd)}" in out
+    assert len(out.splitlines()) > 5
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("data", "train", "generate", "evaluate", "privacy", "export", "utility", "demo"):
+        assert f"    {cmd} " in out
+
+
+@pytest.mark.parametrize("argv, issue", [
+    (["train", "--config", "configs/tiny-cpu.yaml"], "#3"), (["generate", "runs/x", "-n", "4"], "#3"),
+    (["evaluate", "runs/x"], "#5"), (["privacy", "runs/x"], "#6"), (["export", "runs/x", "--format", "png"], "#7"),
+    (["utility", "runs/x"], "#8")])
+def test_commands_of_later_issues_say_so_clearly(argv, issue, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "not implemented yet" in err and issue in err and "Traceback" not in err
+
+
+def test_inspect_mednist_json_counts(shared_data):
+    code, out, err = run("data", "inspect", MEDNIST, "--json")
+    assert code == 0, err
+    report = json.loads(out)      # stdout holds exactly one JSON object
+    counts = {k: v["records"] for k, v in report["labels"].items()}
+    assert counts == {"CTAbd": 500, "CTChest": 500, "CTHead": 500, "CXR": 400, "MRBrain": 400, "MRBreast": 500}
+    assert report["labels"]["CXR"]["size"] == {"64x64": 400}
+    assert report["patients"] == 2800 and report["patient_id_source"] == {"file": 2800}
+    assert report["split"]["train"]["records"] + report["split"]["holdout"]["records"] == 2800
+    assert report["split"]["holdout"]["records"] == 560
+    assert report["skipped"]["count"] == 0
+
+
+def test_inspect_text_table_on_the_ixi_sample():
+    code, out, err = run("data", "inspect", "sample:ixi")
+    assert code == 0, err
+    assert "120x120x90" in out and "2x2x2 mm" in out
+    assert "Patients  8  (IDs from IXI-style file names (8))" in out
+    assert "holdout 2 / 2" in out
+
+
+def test_inspect_reports_skips_and_fails_cleanly_on_nothing_usable(tmp_path, shared_data):
+    from pydicom.data import get_testdata_file
+
+    good = tmp_path / "mixed"
+    good.mkdir()
+    shutil.copy(sorted((MEDNIST / "CXR").iterdir())[0], good / "a.jpg")
+    shutil.copy(get_testdata_file("MR_truncated.dcm"), good / "trunc.dcm")
+    (good / "fake.dcm").write_text("hello")
+    code, out, err = run("data", "inspect", good, "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["records"] == 1
+    reasons = {f["path"]: f["reason"] for f in report["skipped"]["files"]}
+    assert reasons["fake.dcm"] == "not a DICOM file" and "truncated" in reasons["trunc.dcm"]
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "fake.dcm").write_text("hello")
+    code, out, err = run("data", "inspect", bad)
+    assert code == 2 and out == ""
+    assert "no readable image" in err and "not a DICOM file" in err and "Traceback" not in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run("data", "inspect", tmp_path / "empty")
+    assert code == 2 and "the folder is empty" in err and "Traceback" not in err
+
+
+def test_config_errors_exit_2_with_the_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {path: sample:mednist, imagesize: [32, 32]}\n")
+    code, out, err = run("data", "prepare", "--config", cfg, "--run-dir", tmp_path / "run")
+    assert code == 2 and "unknown key 'data.imagesize' (did you mean 'data.image_size'?)" in err
+    code, out, err = run("data", "prepare", "--config", "configs/tiny-cpu.yaml", "data.image_size=[32]",
+                         "--run-dir", tmp_path / "run")
+    assert code == 2 and "command line: data.image_size: 2d mode needs 2 sizes" in err
+    assert "Traceback" not in err
+
+
+def test_prepare_writes_full_config_and_reuses_its_split(tmp_path):
+    run_dir = tmp_path / "run"
+    code, out, err = run("data", "prepare", "--config", "configs/tiny-cpu.yaml", "--run-dir", run_dir,
+                         "train.batch_size=8", "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    assert first["items"] == 600 and first["shape"] == [32, 32] and first["labels"] == ["CXR", "MRBrain"]
+    assert first["train_items"] + first["holdout_items"] == 600 and not first["from_cache"]
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["train"]["batch_size"] == 8 and cfg["data"]["intensity"]["window"] == [0.0, 255.0]
+    assert cfg["model"]["latent_dim"] == 64          # defaults written out too
+    split_text = (run_dir / "split.json").read_text()
+    # a different seed on the command line must not silently re-split an existing run
+    code, out, err = run("data", "prepare", "--config", "configs/tiny-cpu.yaml", "--run-dir", run_dir,
+                         "data.split_seed=5", "--json")
+    assert code == 0, err
+    assert (run_dir / "split.json").read_text() == split_text
+    assert json.loads(out)["from_cache"]
+
+
+def test_demo_runs_on_the_bundled_sample(tmp_path):
+    code, out, err = run("demo", "--out", tmp_path / "demo")
+    assert code == 0, err
+    assert "== sample:mednist ==" in out and "== sample:ixi ==" in out
+    assert (tmp_path / "demo" / "config.yaml").is_file() and (tmp_path / "demo" / "split.json").is_file()
+
+
+def test_parser_knows_the_design_shape():
+    p = build_parser()
+    args = p.parse_args(["export", "r", "--format", "dicom", "-n", "5", "--overwrite", "--skip-privacy-check"])
+    assert (args.format, args.n, args.overwrite, args.skip_privacy_check) == ("dicom", 5, True, True)
+    args = p.parse_args(["train", "--config", "c.yaml", "--run-dir", "d", "--resume", "train.steps=3"])
+    assert args.overrides == ["train.steps=3"] and args.resume
