@@ -101,6 +101,61 @@ def _cmd_data_prepare(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# train / generate
+
+
+def _cmd_train(args) -> int:
+    from medsynth.config import resolve_config
+    from medsynth.training.loop import resume_config, train
+
+    resume_dir = args.resume if isinstance(args.resume, str) else None
+    if resume_dir and args.run_dir and Path(resume_dir) != Path(args.run_dir):
+        raise UserError(f"--resume {resume_dir} and --run-dir {args.run_dir} name different runs")
+    if args.resume:
+        run_dir = Path(resume_dir or args.run_dir or "")
+        if not str(run_dir) or str(run_dir) == ".":
+            raise UserError("--resume needs the run directory: medsynth train --resume RUN")
+        if not (run_dir / "config.yaml").is_file():
+            raise UserError(f"{run_dir}: not a run directory (no config.yaml); nothing to resume")
+        if args.config:
+            print("note: --resume uses the run's own config.yaml; --config is ignored", file=sys.stderr)
+        cfg = resume_config(run_dir, args.overrides)
+    else:
+        if not args.config:
+            raise UserError("train needs --config FILE (or --resume RUN)")
+        cfg = resolve_config(args.config, args.overrides)
+        run_dir = Path(args.run_dir or Path("runs") / cfg.name)
+    result = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+    if result.interrupted:
+        print(f"stopped at step {result.step}; checkpoint {result.checkpoint}\n"
+              f"continue with: medsynth train --resume {run_dir}", file=sys.stderr)
+        return 130
+    print(f"trained {result.step} steps ({result.images_per_second:.0f} images/s); "
+          f"checkpoint {result.checkpoint}; sample grids in {run_dir / 'samples'}")
+    return EXIT_OK
+
+
+def _cmd_generate(args) -> int:
+    from medsynth.sampling import load_generator, write_samples
+
+    if args.n < 1:
+        raise UserError(f"-n must be at least 1, got {args.n}")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    loaded = load_generator(args.source)
+    src = Path(args.source)
+    run_dir = src if src.is_dir() else loaded.checkpoint.parent.parent
+    out = Path(args.out) if args.out else run_dir / "samples" / f"generated_seed{args.seed}"
+    try:
+        manifest = write_samples(loaded, out, args.n, labels=args.label, seed=args.seed,
+                                 truncation=args.truncation, batch_size=args.batch_size)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    print(f"wrote {args.n} images and {manifest}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------
 # demo
 
 
@@ -195,13 +250,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser(
         "train", help="train a generator; creates a run directory",
         description="Train a GAN on the dataset named in the config. Creates the run directory with the "
-                    "resolved config.yaml, split.json, checkpoints/, samples/ and metrics.jsonl.",
+                    "resolved config.yaml, split.json, checkpoints/ (atomic, last K kept), samples/ (image "
+                    "grids), train_log.jsonl and tensorboard/. Ctrl-C saves a checkpoint and exits; "
+                    "'medsynth train --resume RUN' continues exactly where it stopped.",
         formatter_class=_Formatter)
     _add_config(tr, required=False)
     tr.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/<name>)")
-    tr.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                    help="continue RUN (or --run-dir) from its newest checkpoint; only train.steps and the "
+                         "logging intervals may be overridden")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    tr.set_defaults(func=_not_implemented("train", "issue #3"))
+    tr.set_defaults(func=_cmd_train)
 
     gen = sub.add_parser("generate", help="sample synthetic images from a run or checkpoint",
                          description="Sample images from a trained generator and write them with a manifest "
@@ -214,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-size", type=int, default=64, metavar="B")
     gen.add_argument("--truncation", type=float, default=1.0, metavar="PSI", help="latent truncation (1: none)")
     gen.add_argument("--out", metavar="DIR", help="output folder (default RUN/samples/generated)")
-    gen.set_defaults(func=_not_implemented("generate", "issue #3"))
+    gen.set_defaults(func=_cmd_generate)
 
     ev = sub.add_parser("evaluate", help="fidelity metrics: FID, KID, precision/recall, diversity",
                         description="Compare synthetic with real images: FID (identical to pytorch-fid's), KID, "
@@ -297,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
         # errors about the user's data are expected; anything else is a bug and keeps its traceback
         from medsynth.data.readers import UnreadableFile
         from medsynth.data.sources import DataError
+        from medsynth.training.checkpoint import CheckpointError
+        from medsynth.training.loop import TrainingError
 
-        if isinstance(e, (DataError, UnreadableFile)):
+        if isinstance(e, (DataError, UnreadableFile, CheckpointError, TrainingError)):
             print(f"medsynth: error: {e}", file=sys.stderr)
             return EXIT_USAGE
         raise

@@ -90,26 +90,31 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Which generator/discriminator pair to build (see medsynth.models)."""
+    """Which generator/discriminator pair to build (see medsynth.models and docs/models.md)."""
 
-    name: str = _opt("dcgan", "registered model name")
+    name: str = _choice("resgan", "resgan", "dcgan",
+                        help="resgan: residual, spectrally normalised, conditional GAN with EMA and "
+                             "augmentation (default); dcgan: MONAI's GAN tutorial networks (baseline)")
     latent_dim: int = _opt(64, "size of the latent vector", min=1)
-    conditional: bool = _opt(False, "condition on the dataset's labels")
+    conditional: bool = _opt(False, "condition on the dataset's labels (needs at least two)")
+    width: int = _opt(32, "resgan: channels at full resolution (doubling per halving, at most 256)", min=4)
 
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings."""
+    """Optimisation settings; unset learning rates and betas take the model's own recipe."""
 
     batch_size: int = _opt(64, "images per step", min=1)
-    steps: int = _opt(1000, "optimisation steps", min=1)
-    lr_g: float = _opt(2e-4, "generator learning rate", min=0.0)
-    lr_d: float = _opt(2e-4, "discriminator learning rate", min=0.0)
-    betas: list[float] = _opt([0.5, 0.999], "Adam betas")
+    steps: int = _opt(1000, "optimisation steps (each: one discriminator and one generator update)", min=1)
+    lr_g: float | None = _opt(None, "generator learning rate (default: the model's, 2e-4)", min=0.0)
+    lr_d: float | None = _opt(None, "discriminator learning rate (default: the model's, 2e-4)", min=0.0)
+    betas: list[float] | None = _opt(None, "Adam betas (default: the model's; dcgan [0.5, 0.999], "
+                                           "resgan [0.0, 0.99])")
     device: str = _opt("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    compile: bool = _opt(False, "torch.compile the networks (faster on GPU after a warm-up)")
     checkpoint_every: int = _opt(500, "steps between checkpoints", min=1)
-    keep_last: int = _opt(3, "checkpoints kept besides the best", min=1)
-    grid_every: int = _opt(250, "steps between sample-grid images", min=1)
+    keep_last: int = _opt(3, "step checkpoints kept (older ones are deleted)", min=1)
+    grid_every: int = _opt(250, "steps between sample-grid images in samples/", min=1)
 
 
 @dataclass
@@ -259,7 +264,7 @@ def _validate(cfg: Config, sources: dict[str, str], default_source: str) -> None
                 err("data.patient_pattern", "needs one capturing group for the patient ID, e.g. '^(\\d+)_'")
         except re.error as e:
             err("data.patient_pattern", f"not a valid regular expression: {e}")
-    if len(cfg.train.betas) != 2:
+    if cfg.train.betas is not None and len(cfg.train.betas) != 2:
         err("train.betas", f"expected two numbers, got {cfg.train.betas}")
 
 

@@ -43,7 +43,6 @@ def test_top_level_help_lists_every_command(capsys):
 
 
 @pytest.mark.parametrize("argv, issue", [
-    (["train", "--config", "configs/tiny-cpu.yaml"], "#3"), (["generate", "runs/x", "-n", "4"], "#3"),
     (["evaluate", "runs/x"], "#5"), (["privacy", "runs/x"], "#6"), (["export", "runs/x", "--format", "png"], "#7"),
     (["utility", "runs/x"], "#8")])
 def test_commands_of_later_issues_say_so_clearly(argv, issue, capsys):
@@ -143,3 +142,19 @@ def test_parser_knows_the_design_shape():
     assert (args.format, args.n, args.overwrite, args.skip_privacy_check) == ("dicom", 5, True, True)
     args = p.parse_args(["train", "--config", "c.yaml", "--run-dir", "d", "--resume", "train.steps=3"])
     assert args.overrides == ["train.steps=3"] and args.resume
+
+
+def test_train_then_resume_from_the_command_line(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train", "--config", "configs/tiny-cpu.yaml", "--run-dir", run_dir, "train.steps=2",
+            "model.width=8", "model.latent_dim=16"]
+    code, out, err = run(*args)
+    assert code == 0, err
+    assert "trained 2 steps" in out and (run_dir / "checkpoints" / "step_0000002.pt").is_file()
+    code, out, err = run(*args)
+    assert code == 2 and "already exists; use --resume to continue it or --overwrite" in err
+    code, out, err = run("train", "--resume", run_dir, "train.steps=3")
+    assert code == 0, err
+    assert "trained 3 steps" in out
+    code, out, err = run("train", "--resume", tmp_path / "nope")
+    assert code == 2 and "not a run directory" in err and "Traceback" not in err

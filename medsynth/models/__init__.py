@@ -1,0 +1,57 @@
+"""Generator/discriminator pairs, registered by name; every model takes ``spatial_dims`` (2 or 3).
+
+A model module registers a builder with :func:`register`. The builder receives the model config, the
+image shape and the number of classes and returns a :class:`GanModel`: the two networks and the
+training recipe that belongs to them (loss, optimiser settings, EMA, augmentation, R1). Both
+networks follow one interface so the training loop and sampling never special-case a model:
+
+* ``generator(z, labels=None) -> images in [-1, 1]``, with attributes ``latent_dim`` and ``num_classes``
+* ``discriminator(images, labels=None) -> logits of shape (B,)``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+_REGISTRY: dict[str, Callable] = {}
+
+
+@dataclass
+class GanModel:
+    generator: torch.nn.Module
+    discriminator: torch.nn.Module
+    loss: str                      # "bce" | "hinge" | "nonsaturating"
+    lr_g: float
+    lr_d: float
+    betas: tuple[float, float]
+    ema: bool = False              # keep an exponential moving average of the generator
+    augment: tuple[str, ...] = ()  # differentiable augmentations applied to D's inputs
+    r1_gamma: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def register(name: str):
+    def deco(fn):
+        _REGISTRY[name] = fn
+        return fn
+    return deco
+
+
+def available() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def build_model(cfg, image_shape: tuple[int, ...], num_classes: int = 0) -> GanModel:
+    """``image_shape`` is (C, *spatial); ``num_classes`` > 0 only for conditional models."""
+    _load_builtin()
+    if cfg.name not in _REGISTRY:
+        raise ValueError(f"unknown model {cfg.name!r}; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[cfg.name](cfg, tuple(image_shape), num_classes)
+
+
+def _load_builtin():
+    from medsynth.models import dcgan, resgan  # noqa: F401  (registration side effects)

@@ -1,0 +1,149 @@
+"""Checkpoint -> generator -> images, deterministic by seed.
+
+``load_generator(path)`` accepts a run directory (its newest checkpoint) or a checkpoint file and
+returns a :class:`LoadedGenerator`; ``.sample(n, labels=..., seed=...)`` returns images in [-1, 1].
+Image ``i`` of a call depends only on the seed, ``i`` and its label, never on the batch size, so
+``sample(10, seed=3)[:4]`` equals ``sample(4, seed=3)``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medsynth.config import ModelConfig, config_from_dict
+from medsynth.data.transforms import IntensityMapping
+from medsynth.models import build_model
+from medsynth.training.checkpoint import CheckpointError, file_sha256, latest_checkpoint, load_checkpoint
+
+
+@dataclass
+class LoadedGenerator:
+    generator: torch.nn.Module
+    labels: list[str]
+    conditional: bool
+    mapping: IntensityMapping
+    image_shape: tuple[int, ...]
+    checkpoint: Path
+    checkpoint_sha256: str
+    state: dict            # the checkpoint minus network weights: config, geometry, step, ...
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def label_indices(self, n: int, labels=None) -> torch.Tensor | None:
+        """Resolve ``labels`` (None, a name, an index, or a list of n of them) to n class indices."""
+        if not self.conditional:
+            if labels is not None:
+                raise ValueError("this generator is unconditional: it takes no labels")
+            return None
+        k = len(self.labels)
+        if labels is None:   # balanced: 0, 1, ..., k-1, 0, 1, ...
+            return torch.arange(n) % k
+        if isinstance(labels, (str, int)):
+            labels = [labels] * n
+        if len(labels) != n:
+            raise ValueError(f"got {len(labels)} labels for {n} images")
+        out = []
+        for lab in labels:
+            if isinstance(lab, str):
+                if lab not in self.labels:
+                    raise ValueError(f"unknown label {lab!r}; this generator knows {', '.join(self.labels)}")
+                out.append(self.labels.index(lab))
+            else:
+                if not 0 <= int(lab) < k:
+                    raise ValueError(f"label index {lab} out of range 0..{k - 1}")
+                out.append(int(lab))
+        return torch.tensor(out, dtype=torch.long)
+
+    @torch.no_grad()
+    def sample(self, n: int, labels=None, seed: int = 0, truncation: float = 1.0, batch_size: int = 64):
+        """``n`` images as a (n, 1, *size) float32 CPU tensor in [-1, 1], plus their label indices (or None)."""
+        if n < 1:
+            raise ValueError(f"n must be at least 1, got {n}")
+        if not truncation > 0:
+            raise ValueError(f"truncation must be positive, got {truncation}")
+        y = self.label_indices(n, labels)
+        g = torch.Generator().manual_seed(int(seed))
+        z = torch.randn(n, self.generator.latent_dim, generator=g) * float(truncation)
+        out = []
+        dev = self.device
+        for i in range(0, n, batch_size):
+            yb = y[i:i + batch_size].to(dev) if y is not None else None
+            out.append(self.generator(z[i:i + batch_size].to(dev), yb).float().cpu())
+        return torch.cat(out).clamp_(-1, 1), y
+
+
+def resolve_checkpoint(path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        found = latest_checkpoint(p / "checkpoints") if (p / "checkpoints").is_dir() else latest_checkpoint(p)
+        if found is None:
+            raise CheckpointError(f"{p}: no checkpoint found (expected {p}/checkpoints/step_*.pt)")
+        return found
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such run directory or checkpoint")
+    return p
+
+
+def load_generator(path, device: str | torch.device | None = None, use_ema: bool = True) -> LoadedGenerator:
+    """Load the (EMA) generator from a run directory or checkpoint file, safely (weights_only)."""
+    ckpt = resolve_checkpoint(path)
+    state = load_checkpoint(ckpt)
+    try:
+        cfg = config_from_dict(state["config"], source=str(ckpt))
+        labels = list(state["labels"])
+        conditional = bool(state["conditional"])
+        shape = tuple(state["image_shape"])
+        model_cfg: ModelConfig = cfg.model
+        model = build_model(model_cfg, shape, len(labels) if conditional else 0)
+        weights = state["ema"] if (use_ema and state.get("ema") is not None) else state["generator"]
+        model.generator.load_state_dict(weights)
+        mapping = IntensityMapping.from_dict(state["intensity"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{ckpt}: checkpoint does not fit its own model config "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gen = model.generator.to(dev).eval()
+    meta = {k: v for k, v in state.items() if k not in ("generator", "discriminator", "ema", "opt_g", "opt_d", "rng",
+                                                       "batches")}
+    return LoadedGenerator(gen, labels, conditional, mapping, shape, ckpt, file_sha256(ckpt), meta)
+
+
+def write_samples(loaded: LoadedGenerator, out_dir: Path, n: int, labels=None, seed: int = 0,
+                  truncation: float = 1.0, batch_size: int = 64) -> Path:
+    """Generate and write 16-bit PNGs (2D) plus manifest.csv (file, index, seed, label, checkpoint hash).
+
+    PNG grey levels are a linear map of [-1, 1] to 0..65535; the intensity mapping back to source
+    units is in the manifest header comment and the checkpoint. Files are written under temporary
+    names and renamed, the manifest last.
+    """
+    from PIL import Image
+
+    from medsynth.runs import atomic_write_bytes, atomic_write_text
+
+    if len(loaded.image_shape) != 3:
+        raise ValueError("writing 3D samples is not supported by generate yet; use the Python API")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    images, y = loaded.sample(n, labels=labels, seed=seed, truncation=truncation, batch_size=batch_size)
+    rows = []
+    for i in range(n):
+        arr = ((images[i, 0].numpy() + 1.0) * 32767.5).round().astype(np.uint16)
+        name = f"sample_{seed}_{i:06d}.png"
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="PNG")
+        atomic_write_bytes(out_dir / name, buf.getvalue())
+        label = loaded.labels[int(y[i])] if y is not None else ""
+        rows.append([name, i, seed, label, truncation, loaded.checkpoint_sha256])
+    text = io.StringIO()
+    w = csv.writer(text, lineterminator="\n")
+    w.writerow(["file", "index", "seed", "label", "truncation", "checkpoint_sha256"])
+    w.writerows(rows)
+    atomic_write_text(out_dir / "manifest.csv", text.getvalue())
+    return out_dir / "manifest.csv"

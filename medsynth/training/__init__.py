@@ -1,0 +1,1 @@
+"""Training: the GAN loop, differentiable augmentation and checkpoints."""

@@ -1,0 +1,394 @@
+"""The GAN training loop: one function, ``train``, driven by a resolved :class:`~medsynth.config.Config`.
+
+Reproducible by construction: the networks are initialised from ``seed``, and every random draw of
+the loop (batch order, latents, augmentation) comes from one CPU ``torch.Generator`` whose state is
+saved in each checkpoint, together with the global RNG state (dropout), so that a resumed run takes
+exactly the steps an uninterrupted one would have taken (bit-identical on CPU).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medsynth import __version__
+from medsynth.config import Config, config_from_dict, dump_config, load_yaml
+from medsynth.models import GanModel, build_model
+from medsynth.runs import atomic_write_bytes, atomic_write_text
+from medsynth.training.augment import augment
+from medsynth.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, prune, save_checkpoint
+
+
+class TrainingError(ValueError):
+    """A problem the user can fix (run directory state, dataset too small, out of memory...)."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path
+    images_per_second: float
+    interrupted: bool = False
+
+
+def select_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TrainingError(f"train.device={name} but no CUDA GPU is available; use train.device=auto or cpu")
+    return dev
+
+
+# --------------------------------------------------------------------------------------------
+# run directory
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    if resume and overwrite:
+        raise TrainingError("--resume and --overwrite contradict each other; choose one")
+    exists = run_dir.exists() and any(run_dir.iterdir())
+    if resume:
+        if latest_checkpoint(run_dir / "checkpoints") is None:
+            raise TrainingError(f"{run_dir}: nothing to resume (no checkpoints/step_*.pt)")
+        return
+    if exists and not overwrite:
+        raise TrainingError(f"{run_dir} already exists; use --resume to continue it or --overwrite to replace it")
+    if exists:
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def resume_config(run_dir: Path, overrides: list[str]) -> Config:
+    """The run's own config.yaml; only train.steps and train.* logging intervals may change on resume."""
+    from medsynth.config import parse_override
+
+    raw = load_yaml(run_dir / "config.yaml")
+    allowed = {"train.steps", "train.checkpoint_every", "train.grid_every", "train.keep_last", "train.device"}
+    for text in overrides:
+        key, value = parse_override(text)
+        if key not in allowed:
+            raise TrainingError(f"cannot change {key} when resuming (only {', '.join(sorted(allowed))}); "
+                                "start a new run for other changes")
+        raw.setdefault("train", {})[key.split(".", 1)[1]] = value
+    return config_from_dict(raw, source=str(run_dir / "config.yaml"))
+
+
+# --------------------------------------------------------------------------------------------
+# losses
+
+
+def d_loss(kind: str, real_logits, fake_logits):
+    if kind == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    if kind in ("bce", "nonsaturating"):
+        return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+def g_loss(kind: str, fake_logits):
+    if kind == "hinge":
+        return -fake_logits.mean()
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.lerp_(pm.detach(), 1.0 - decay)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+# --------------------------------------------------------------------------------------------
+# data on the device
+
+
+class BatchSource:
+    """Epoch-wise shuffled batches (drop_last) from the training items, resumable from its state."""
+
+    def __init__(self, bundle, batch_size: int, device, generator: torch.Generator):
+        self.bundle, self.batch_size, self.device, self.gen = bundle, batch_size, device, generator
+        idx = bundle.train_indices
+        self.n = len(idx)
+        if self.n < batch_size:
+            raise TrainingError(f"the training split has {self.n} images, fewer than train.batch_size="
+                                f"{batch_size}; lower train.batch_size (e.g. train.batch_size={max(1, self.n // 2)})")
+        self.labels = torch.from_numpy(bundle.prepared.label_index[idx]).clamp_min(0)
+        nbytes = self.n * int(np.prod(bundle.prepared.images.shape[1:])) * 4
+        self.resident = nbytes <= (2 << 30)      # keep the whole training set on the device when small
+        if self.resident:
+            self.images = bundle.prepared.batch(idx, bundle.mapping).to(device)
+            self.labels = self.labels.to(device)
+        self.perm = torch.randperm(self.n, generator=self.gen)
+        self.pos = 0
+
+    def next(self):
+        if self.pos + self.batch_size > self.n:
+            self.perm = torch.randperm(self.n, generator=self.gen)
+            self.pos = 0
+        take = self.perm[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        if self.resident:
+            dev_take = take.to(self.device)
+            return self.images[dev_take], self.labels[dev_take]
+        x = self.bundle.prepared.batch(self.bundle.train_indices[take.numpy()], self.bundle.mapping, self.device)
+        return x, self.labels[take].to(self.device)
+
+    def state(self) -> dict:
+        return {"perm": self.perm.clone(), "pos": self.pos}
+
+    def load_state(self, s: dict) -> None:
+        if len(s["perm"]) != self.n:
+            raise TrainingError("the training data changed since the checkpoint was written "
+                                f"({len(s['perm'])} images then, {self.n} now); start a new run")
+        self.perm, self.pos = s["perm"].clone(), int(s["pos"])
+
+
+# --------------------------------------------------------------------------------------------
+# sample grids
+
+
+@torch.no_grad()
+def save_grid(generator, z, labels, path: Path) -> None:
+    """A PNG grid of 2D samples (middle slice for 3D) in [-1, 1] -> 0..255."""
+    from PIL import Image
+
+    was = generator.training
+    generator.eval()
+    x = generator(z, labels).float().cpu()
+    generator.train(was)
+    if x.dim() == 5:
+        x = x[:, :, x.shape[2] // 2]
+    n = x.shape[0]
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    h, w = x.shape[2:]
+    grid = torch.full((rows * (h + 2) + 2, cols * (w + 2) + 2), -1.0)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        grid[2 + r * (h + 2): 2 + r * (h + 2) + h, 2 + c * (w + 2): 2 + c * (w + 2) + w] = x[i, 0]
+    img = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source, bundle, best) -> dict:
+    geometry = {"mode": cfg.data.mode, "image_size": list(cfg.data.image_size), "slice_axis": cfg.data.slice_axis,
+                "spacing": _median_spacing(bundle)}
+    return {
+        "medsynth_version": __version__, "model_name": cfg.model.name, "config": cfg.to_dict(),
+        "image_shape": [1, *cfg.data.image_size], "labels": list(bundle.labels),
+        "conditional": bool(cfg.model.conditional), "intensity": bundle.mapping.to_dict(), "geometry": geometry,
+        "data_fingerprint": bundle.prepared.content_sha256, "step": step,
+        "generator": model.generator.state_dict(), "discriminator": model.discriminator.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
+        "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+        "rng": {"loop": gen.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "batches": source.state(), "best": best,
+    }
+
+
+def _median_spacing(bundle) -> list[float] | None:
+    sp = [it["spacing"] for it in bundle.prepared.items if it.get("spacing")]
+    if not sp:
+        return None
+    return [float(v) for v in np.median(np.asarray(sp, dtype=np.float64), axis=0)]
+
+
+class _StopFlag:
+    """First Ctrl-C: finish the current step, save a checkpoint, stop. Second Ctrl-C: abort at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+
+    def restore(self):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+            self._old = None
+
+
+def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool | None = None, stop_after: int | None = None) -> TrainResult:
+    """Train per ``cfg`` into ``run_dir``. ``stop_after`` ends early after that many steps (tests)."""
+    from medsynth.cli import prepare_run_data
+
+    prepare_run_dir(run_dir, resume, overwrite)
+    device = select_device(cfg.train.device)
+    torch.manual_seed(cfg.seed)
+    bundle = prepare_run_data(cfg, run_dir, progress=progress)
+    num_classes = len(bundle.labels) if cfg.model.conditional else 0
+    if cfg.model.conditional and num_classes < 2:
+        raise TrainingError(f"model.conditional is true but the dataset has {num_classes} label(s) "
+                            f"({', '.join(bundle.labels) or 'none'}); conditional models need at least two classes "
+                            "(class folders or a manifest label column), or set model.conditional: false")
+    image_shape = (1, *cfg.data.image_size)
+    try:
+        model = build_model(cfg.model, image_shape, num_classes)
+    except ValueError as e:
+        raise TrainingError(f"model.{cfg.model.name}: {e}") from None
+    G, D = model.generator.to(device), model.discriminator.to(device)
+    lr_g = cfg.train.lr_g if cfg.train.lr_g is not None else model.lr_g
+    lr_d = cfg.train.lr_d if cfg.train.lr_d is not None else model.lr_d
+    betas = tuple(cfg.train.betas) if cfg.train.betas is not None else model.betas
+    opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas)
+    ema = copy.deepcopy(G).eval().requires_grad_(False) if model.ema else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    source = BatchSource(bundle, cfg.train.batch_size, device, gen)
+    step, best = 0, None
+    ckpt_dir = run_dir / "checkpoints"
+    if resume:
+        path = latest_checkpoint(ckpt_dir)
+        state = load_checkpoint(path)
+        if state.get("model_name") != cfg.model.name:
+            raise CheckpointError(f"{path}: written by model {state.get('model_name')!r}, "
+                                  f"config says {cfg.model.name!r}")
+        G.load_state_dict(state["generator"])
+        D.load_state_dict(state["discriminator"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        gen.set_state(state["rng"]["loop"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        source.load_state(state["batches"])
+        step, best = int(state["step"]), state.get("best")
+        print(f"resuming {run_dir} at step {step}", file=sys.stderr)
+    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+
+    amp = device.type == "cuda"
+    if device.type == "cuda" and len(image_shape) == 3:
+        G = G.to(memory_format=torch.channels_last)
+        D = D.to(memory_format=torch.channels_last)
+    g_step, d_step = G, D
+    if getattr(cfg.train, "compile", False):
+        g_step, d_step = torch.compile(G), torch.compile(D)
+    # fixed latents for the grids, independent of the loop's generator
+    grid_gen = torch.Generator().manual_seed(cfg.seed + 12345)
+    n_grid = 16 if num_classes == 0 else max(num_classes, 4) * 4
+    grid_z = torch.randn(n_grid, G.latent_dim, generator=grid_gen).to(device)
+    grid_y = (torch.arange(n_grid) % num_classes).to(device) if num_classes else None
+    writer = _tensorboard(run_dir)
+    log_path = run_dir / "train_log.jsonl"
+    kinds = model.augment
+    total = cfg.train.steps
+    end = total if stop_after is None else min(total, step + stop_after)
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=step, desc="training", unit="step", dynamic_ncols=True, file=sys.stderr,
+               disable=(None if progress is None else not progress))
+    t0, seen0 = time.perf_counter(), step
+    interrupted = False
+    last_saved = None
+    ips = 0.0
+
+    def save(at_step):
+        nonlocal last_saved
+        path = ckpt_dir / f"step_{at_step:07d}.pt"
+        save_checkpoint(path, _checkpoint_state(cfg, model, ema, opt_g, opt_d, at_step, gen, source, bundle, best))
+        prune(ckpt_dir, cfg.train.keep_last)
+        last_saved = path
+        return path
+
+    stop = _StopFlag()
+    try:
+        while step < end and not stop.requested:
+            real, y = source.next()
+            y = y if num_classes else None
+            b = real.shape[0]
+            # discriminator
+            z = torch.randn(b, G.latent_dim, generator=gen).to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                with torch.no_grad():
+                    fake = g_step(z, y)
+                r_in = augment(real, kinds, gen) if kinds else real
+                f_in = augment(fake, kinds, gen) if kinds else fake
+                loss_d = d_loss(model.loss, d_step(r_in, y).float(), d_step(f_in, y).float())
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+            # generator
+            z = torch.randn(b, G.latent_dim, generator=gen).to(device)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                fake = g_step(z, y)
+                f_in = augment(fake, kinds, gen) if kinds else fake
+                loss_g = g_loss(model.loss, d_step(f_in, y).float())
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            if ema is not None:
+                update_ema(ema, G, model.extra.get("ema_decay", 0.999))
+            step += 1
+            ld, lg = loss_d.detach().item(), loss_g.detach().item()
+            if not (math.isfinite(ld) and math.isfinite(lg)):
+                raise TrainingError(f"losses became non-finite at step {step} (D {ld}, G {lg}); "
+                                    "try a lower learning rate (train.lr_g / train.lr_d)")
+            elapsed = time.perf_counter() - t0
+            ips = (step - seen0) * b / max(elapsed, 1e-9)
+            bar.update(1)
+            bar.set_postfix(loss_d=f"{ld:.3f}", loss_g=f"{lg:.3f}", img_s=f"{ips:.0f}", refresh=False)
+            if writer is not None:
+                writer.add_scalar("loss/d", ld, step)
+                writer.add_scalar("loss/g", lg, step)
+                writer.add_scalar("speed/images_per_s", ips, step)
+            if step % 10 == 0 or step == end:
+                with open(log_path, "a") as fh:
+                    fh.write(json.dumps({"step": step, "loss_d": ld, "loss_g": lg, "images_per_s": ips}) + "\n")
+            if step % cfg.train.grid_every == 0 or step == total:
+                save_grid(ema if ema is not None else G, grid_z, grid_y, run_dir / "samples" / f"grid_{step:07d}.png")
+            if step % cfg.train.checkpoint_every == 0 or step == end or stop.requested:
+                save(step)
+        interrupted = stop.requested
+    except torch.cuda.OutOfMemoryError:
+        raise TrainingError(f"out of GPU memory at train.batch_size={cfg.train.batch_size}; try "
+                            f"train.batch_size={max(1, cfg.train.batch_size // 2)}") from None
+    finally:
+        stop.restore()
+        bar.close()
+        if writer is not None:
+            writer.close()
+    if last_saved is None:
+        last_saved = latest_checkpoint(ckpt_dir) or save(step)
+    return TrainResult(run_dir, step, last_saved, ips, interrupted)

@@ -1,0 +1,27 @@
+import shutil
+
+import pytest
+
+from tests.conftest import MEDNIST
+
+
+@pytest.fixture(scope="session")
+def mednist_small(tmp_path_factory, shared_data):
+    """48 real MedNIST images each of CXR and MRBrain (class folders)."""
+    root = tmp_path_factory.mktemp("mednist_small")
+    for lab in ("CXR", "MRBrain"):
+        (root / lab).mkdir()
+        for f in sorted((MEDNIST / lab).iterdir())[:48]:
+            shutil.copy(f, root / lab / f.name)
+    return root
+
+
+def tiny_config(data_path, **over):
+    from medsynth.config import resolve_config
+
+    base = {"data.path": str(data_path), "data.image_size": [32, 32], "data.workers": 1,
+            "data.intensity.mode": "window", "data.intensity.window": [0, 255],
+            "model.latent_dim": 16, "model.width": 8, "train.batch_size": 8, "train.steps": 4,
+            "train.grid_every": 1000, "train.checkpoint_every": 1000}
+    base.update(over)
+    return resolve_config(None, base)

@@ -1,0 +1,112 @@
+"""Training on real MedNIST images: finite losses, moving weights, exact resume, clear refusals."""
+
+import os
+import signal
+
+import pytest
+import torch
+
+from medsynth.training import loop
+from medsynth.training.checkpoint import CheckpointError, load_checkpoint, step_checkpoints
+from medsynth.training.loop import TrainingError, train
+from tests.training.conftest import tiny_config
+
+
+def _weights(path):
+    state = load_checkpoint(path)
+    return {k: state[k] for k in ("generator", "discriminator", "ema") if state.get(k) is not None}
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for net in a:
+        for name, t in a[net].items():
+            assert torch.equal(t, b[net][name]), f"{net}.{name} differs"
+
+
+@pytest.mark.parametrize("model, conditional", [("dcgan", False), ("resgan", False), ("resgan", True)])
+def test_a_few_steps_keep_losses_finite_and_change_the_weights(tmp_path, mednist_small, model, conditional):
+    cfg = tiny_config(mednist_small, **{"model.name": model, "model.conditional": conditional})
+    from medsynth.models import build_model
+
+    torch.manual_seed(cfg.seed)
+    initial = build_model(cfg.model, (1, 32, 32), 2 if conditional else 0).generator.state_dict()
+    result = train(cfg, tmp_path / "run", progress=False)
+    assert result.step == 4 and not result.interrupted
+    state = load_checkpoint(result.checkpoint)
+    assert state["labels"] == ["CXR", "MRBrain"] and state["conditional"] == conditional
+    changed = [k for k, v in state["generator"].items() if v.dtype.is_floating_point and not torch.equal(v, initial[k])]
+    assert changed, "no generator weight moved"
+    log = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
+    assert log and all("NaN" not in line and "Infinity" not in line for line in log)
+    assert (tmp_path / "run" / "samples" / "grid_0000004.png").is_file()
+    # what later stages need travels in the checkpoint, and no image data does
+    assert state["intensity"]["source_max"] == 255.0 and len(state["data_fingerprint"]) == 64
+    assert state["geometry"]["image_size"] == [32, 32]
+    assert all(not (isinstance(v, torch.Tensor) and v.dim() >= 3 and v.shape[-2:] == (32, 32))
+               for v in state.values())
+
+
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, mednist_small, monkeypatch):
+    over = {"model.name": "resgan", "model.conditional": True, "train.steps": 6}
+    straight = train(tiny_config(mednist_small, **over), tmp_path / "a", progress=False)
+
+    calls = {"n": 0}
+    real_g_loss = loop.g_loss
+
+    def g_loss_then_ctrl_c(kind, logits):
+        calls["n"] += 1
+        if calls["n"] == 3:                    # Ctrl-C arrives in the middle of step 3
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_g_loss(kind, logits)
+
+    monkeypatch.setattr(loop, "g_loss", g_loss_then_ctrl_c)
+    first = train(tiny_config(mednist_small, **over), tmp_path / "b", progress=False)
+    assert first.interrupted and first.step == 3
+    assert [p.name for p in step_checkpoints(tmp_path / "b" / "checkpoints")] == ["step_0000003.pt"]
+    monkeypatch.setattr(loop, "g_loss", real_g_loss)
+    cfg = loop.resume_config(tmp_path / "b", [])
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    assert resumed.step == 6
+    _assert_same(_weights(straight.checkpoint), _weights(resumed.checkpoint))
+
+
+def test_resume_may_extend_steps_but_not_change_the_model(tmp_path, mednist_small):
+    run = tmp_path / "run"
+    train(tiny_config(mednist_small, **{"model.name": "dcgan"}), run, progress=False)
+    cfg = loop.resume_config(run, ["train.steps=6"])
+    assert train(cfg, run, resume=True, progress=False).step == 6
+    with pytest.raises(TrainingError, match="cannot change model.name when resuming"):
+        loop.resume_config(run, ["model.name=resgan"])
+
+
+def test_existing_run_directory_is_refused_unless_resume_or_overwrite(tmp_path, mednist_small):
+    run = tmp_path / "run"
+    cfg = tiny_config(mednist_small, **{"model.name": "dcgan", "train.steps": 2})
+    train(cfg, run, progress=False)
+    with pytest.raises(TrainingError, match="already exists; use --resume to continue it or --overwrite"):
+        train(cfg, run, progress=False)
+    assert train(cfg, run, overwrite=True, progress=False).step == 2
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(cfg, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_bad_setups_get_clear_messages(tmp_path, mednist_small):
+    with pytest.raises(TrainingError, match=r"has \d+ images, fewer than train.batch_size=500"):
+        train(tiny_config(mednist_small, **{"train.batch_size": 500}), tmp_path / "a", progress=False)
+    with pytest.raises(TrainingError, match="conditional models need at least two classes"):
+        train(tiny_config(mednist_small, **{"model.conditional": True, "data.labels": ["CXR"]}), tmp_path / "b",
+              progress=False)
+    with pytest.raises(TrainingError, match="resgan needs a square .*power-of-two image size from 32 to 256"):
+        train(tiny_config(mednist_small, **{"data.image_size": [48, 48]}), tmp_path / "c", progress=False)
+    with pytest.raises(TrainingError, match="dcgan is unconditional"):
+        train(tiny_config(mednist_small, **{"model.name": "dcgan", "model.conditional": True}), tmp_path / "d",
+              progress=False)
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, mednist_small):
+    run = tmp_path / "run"
+    train(tiny_config(mednist_small, **{"model.name": "dcgan", "train.steps": 2}), run, progress=False)
+    cfg = tiny_config(mednist_small, **{"model.name": "resgan", "train.steps": 4})
+    with pytest.raises(CheckpointError, match="written by model 'dcgan', config says 'resgan'"):
+        train(cfg, run, resume=True, progress=False)
