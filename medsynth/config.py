@@ -110,6 +110,8 @@ class TrainConfig:
     lr_d: float | None = _opt(None, "discriminator learning rate (default: the model's, 2e-4)", min=0.0)
     betas: list[float] | None = _opt(None, "Adam betas (default: the model's; dcgan [0.5, 0.999], "
                                            "resgan [0.0, 0.99])")
+    d_steps: int | None = _opt(None, "discriminator updates per generator update (default: the model's; "
+                                     "dcgan 5 as in MONAI's tutorial, resgan 1)", min=1)
     device: str = _opt("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     compile: bool = _opt(False, "torch.compile the networks (faster on GPU after a warm-up)")
     checkpoint_every: int = _opt(500, "steps between checkpoints", min=1)

@@ -129,11 +129,17 @@ def test_prepare_writes_full_config_and_reuses_its_split(tmp_path):
     assert json.loads(out)["from_cache"]
 
 
-def test_demo_runs_on_the_bundled_sample(tmp_path):
-    code, out, err = run("demo", "--out", tmp_path / "demo")
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_the_bundled_sample(tmp_path):
+    code, out, err = run("demo", "--out", tmp_path / "demo", "--steps", "4")
     assert code == 0, err
-    assert "== sample:mednist ==" in out and "== sample:ixi ==" in out
-    assert (tmp_path / "demo" / "config.yaml").is_file() and (tmp_path / "demo" / "split.json").is_file()
+    assert "== sample:mednist ==" in out and "== sample:ixi ==" in out and "trained 4 steps" in out
+    demo = tmp_path / "demo"
+    assert (demo / "config.yaml").is_file() and (demo / "split.json").is_file()
+    assert (demo / "checkpoints" / "step_0000004.pt").is_file()
+    for label in ("CXR", "MRBrain"):
+        rows = (demo / "samples" / f"demo_{label}" / "manifest.csv").read_text().splitlines()
+        assert len(rows) == 17 and all(f",{label}," in r for r in rows[1:])
 
 
 def test_parser_knows_the_design_shape():

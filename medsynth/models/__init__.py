@@ -30,6 +30,7 @@ class GanModel:
     ema: bool = False              # keep an exponential moving average of the generator
     augment: tuple[str, ...] = ()  # differentiable augmentations applied to D's inputs
     r1_gamma: float = 0.0
+    d_steps: int = 1               # discriminator updates per generator update (on the same batch)
     extra: dict = field(default_factory=dict)
 
 

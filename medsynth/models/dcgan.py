@@ -3,7 +3,11 @@
 The tutorial (MONAI tutorials, ``modules/mednist_GAN_workflow_dict.ipynb``): latent 64, generator
 start shape (64, 8, 8), channels [32, 16, 8, 1], strides [2, 2, 2, 1] plus a Sigmoid; discriminator
 channels (8, 16, 32, 64, 1), strides (2, 2, 2, 2, 1), one residual unit, kernel 5; both initialised
-with N(0, 0.02) conv weights and N(1, 0.02) norm weights; BCE; Adam 2e-4, betas (0.5, 0.999). It
+with N(0, 0.02) conv weights and N(1, 0.02) norm weights; BCE averaged over real and generated;
+Adam 2e-4, betas (0.5, 0.999); five discriminator updates per generator update on the same real and
+generated batch. The tutorial's discriminator ends in a Sigmoid followed by BCELoss; here it returns
+the logit and the loss is BCE-with-logits, the same function computed stably. Its random rotation,
+flip and zoom are not copied: medsynth feeds every model the same data pipeline. It
 works on [0, 1] images, so this wrapper maps from and to medsynth's [-1, 1]. It is the honest
 baseline: nothing here is tuned. The start shape scales with the image (size / 8) so the same
 recipe runs at other sizes, and ``spatial_dims=3`` gives its 3D twin.
@@ -54,7 +58,7 @@ def build(cfg, image_shape, num_classes) -> GanModel:
         raise ValueError("dcgan is unconditional; set model.conditional: false or use model.name: resgan")
     g = TutorialGenerator(image_shape, cfg.latent_dim)
     d = TutorialDiscriminator(image_shape)
-    return GanModel(g, d, loss="bce", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999))
+    return GanModel(g, d, loss="bce", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), d_steps=5)
 
 
 def count_parameters(m: nn.Module) -> int:

@@ -96,7 +96,7 @@ def d_loss(kind: str, real_logits, fake_logits):
         return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
     if kind in ("bce", "nonsaturating"):
         return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))) / 2
     raise ValueError(f"unknown loss {kind!r}")
 
 
@@ -313,6 +313,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
     writer = _tensorboard(run_dir)
     log_path = run_dir / "train_log.jsonl"
     kinds = model.augment
+    d_steps = cfg.train.d_steps if cfg.train.d_steps is not None else model.d_steps
     total = cfg.train.steps
     end = total if stop_after is None else min(total, step + stop_after)
     from tqdm import tqdm
@@ -338,17 +339,18 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
             real, y = source.next()
             y = y if num_classes else None
             b = real.shape[0]
-            # discriminator
+            # discriminator: d_steps updates on the same real and generated batch
             z = torch.randn(b, G.latent_dim, generator=gen).to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                with torch.no_grad():
-                    fake = g_step(z, y)
-                r_in = augment(real, kinds, gen) if kinds else real
-                f_in = augment(fake, kinds, gen) if kinds else fake
-                loss_d = d_loss(model.loss, d_step(r_in, y).float(), d_step(f_in, y).float())
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
+            with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                fake = g_step(z, y)
+            for _ in range(d_steps):
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+                    r_in = augment(real, kinds, gen) if kinds else real
+                    f_in = augment(fake, kinds, gen) if kinds else fake
+                    loss_d = d_loss(model.loss, d_step(r_in, y).float(), d_step(f_in, y).float())
+                opt_d.zero_grad(set_to_none=True)
+                loss_d.backward()
+                opt_d.step()
             # generator
             z = torch.randn(b, G.latent_dim, generator=gen).to(device)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
