@@ -47,8 +47,16 @@ def tutorial_loop(files, steps: int, warmup: int, device, workers: int) -> float
     from monai.data import CacheDataset
     from monai.networks import normal_init
     from monai.networks.nets import Discriminator, Generator
-    from monai.transforms import (Compose, EnsureChannelFirst, LoadImage, RandFlip, RandRotate, RandZoom,
-                                  ScaleIntensity, ToTensor)
+    from monai.transforms import (
+        Compose,
+        EnsureChannelFirst,
+        LoadImage,
+        RandFlip,
+        RandRotate,
+        RandZoom,
+        ScaleIntensity,
+        ToTensor,
+    )
 
     torch.manual_seed(0)
     batch_size, latent_size, disc_train_steps = 300, 64, 5
