@@ -303,8 +303,10 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
         G = G.to(memory_format=torch.channels_last)
         D = D.to(memory_format=torch.channels_last)
     g_step, d_step = G, D
-    if getattr(cfg.train, "compile", False):
-        g_step, d_step = torch.compile(G), torch.compile(D)
+    if cfg.train.compile:
+        # the generator only: spectral norm's in-place power iteration in the discriminator breaks
+        # compiled autograd (torch 2.14: "modified by an inplace operation")
+        g_step = torch.compile(G)
     # fixed latents for the grids, independent of the loop's generator
     grid_gen = torch.Generator().manual_seed(cfg.seed + 12345)
     n_grid = 16 if num_classes == 0 else max(num_classes, 4) * 4

@@ -110,3 +110,9 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, mednist_small):
     cfg = tiny_config(mednist_small, **{"model.name": "resgan", "train.steps": 4})
     with pytest.raises(CheckpointError, match="written by model 'dcgan', config says 'resgan'"):
         train(cfg, run, resume=True, progress=False)
+
+
+@pytest.mark.slow
+def test_compiled_generator_trains(tmp_path, mednist_small):
+    cfg = tiny_config(mednist_small, **{"model.name": "resgan", "train.compile": True, "train.steps": 2})
+    assert train(cfg, tmp_path / "run", progress=False).step == 2
