@@ -203,8 +203,13 @@ def _tensorboard(run_dir: Path):
 
 
 def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source, bundle, best) -> dict:
-    geometry = {"mode": cfg.data.mode, "image_size": list(cfg.data.image_size), "slice_axis": cfg.data.slice_axis,
-                "spacing": _median_spacing(bundle)}
+    from medsynth.data.transforms import SLICE_IOP
+
+    from_volumes = any(it.get("slice") is not None for it in bundle.prepared.items)
+    geometry = {"mode": cfg.data.mode, "image_size": list(cfg.data.image_size), "spacing": _median_spacing(bundle),
+                "orientation": "RAS" if cfg.data.mode == "3d" else None,
+                "slice_axis": cfg.data.slice_axis if from_volumes else None,
+                "slice_iop": list(SLICE_IOP[cfg.data.slice_axis]) if from_volumes else None}
     return {
         "medsynth_version": __version__, "model_name": cfg.model.name, "config": cfg.to_dict(),
         "image_shape": [1, *cfg.data.image_size], "labels": list(bundle.labels),

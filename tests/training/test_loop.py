@@ -116,3 +116,21 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, mednist_small):
 def test_compiled_generator_trains(tmp_path, mednist_small):
     cfg = tiny_config(mednist_small, **{"model.name": "resgan", "train.compile": True, "train.steps": 2})
     assert train(cfg, tmp_path / "run", progress=False).step == 2
+
+
+def test_checkpoint_of_mri_slices_records_their_geometry(tmp_path, shared_data):
+    import shutil
+
+    from tests.conftest import IXI
+
+    sub = tmp_path / "ixi"
+    sub.mkdir()
+    for f in sorted(IXI.glob("*.nii.gz"))[:4]:
+        shutil.copy(f, sub / f.name)
+    cfg = tiny_config(sub, **{"model.name": "resgan", "data.slice_range": [0.45, 0.55], "data.min_foreground": 0.0,
+                              "data.intensity.mode": "percentile", "train.steps": 1, "data.holdout_fraction": 0.25})
+    state = load_checkpoint(train(cfg, tmp_path / "run", progress=False).checkpoint)
+    geo = state["geometry"]
+    assert geo["slice_axis"] == "axial" and geo["slice_iop"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert geo["spacing"] == pytest.approx([240 / 32, 240 / 32])     # 120x90 slices at 2 mm, padded to 120x120
+    assert state["intensity"]["mode"] == "percentile"
