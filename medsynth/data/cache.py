@@ -85,17 +85,48 @@ class PreparedData:
         return np.array([i for i, it in enumerate(self.items) if it["record"] in keys], dtype=np.int64)
 
     def batch(self, indices, mapping: IntensityMapping | None = None, device=None):
-        """Images ``indices`` as a (B, 1, *size) float32 tensor, mapped to [-1, 1] when given a mapping."""
+        """Images ``indices`` as a (B, 1, *size) float32 tensor, mapped to [-1, 1] when given a mapping.
+
+        One gather from the memory map (in ascending file order when the indices are unsorted) and
+        the mapping applied in place: no batch-sized temporaries.
+        """
         import torch
 
         idx = np.asarray(indices, dtype=np.int64)
-        order = np.argsort(idx, kind="stable")   # ascending reads are kind to memory maps
-        arr = np.empty((len(idx), *self.images.shape[1:]), dtype=np.float32)
-        arr[order] = self.images[idx[order]]
+        if idx.size > 1 and np.any(idx[1:] < idx[:-1]):
+            order = np.argsort(idx, kind="stable")
+            arr = np.empty((len(idx), *self.images.shape[1:]), dtype=np.float32)
+            arr[order] = self.images[idx[order]]
+        else:
+            arr = np.array(self.images[idx], dtype=np.float32)
+        if mapping is not None:
+            mapping.forward_(arr)
         t = torch.from_numpy(arr).unsqueeze(1)
-        if device is not None:
-            t = t.to(device, non_blocking=True)
-        return mapping.forward(t) if mapping is not None else t
+        return t.to(device, non_blocking=True) if device is not None else t
+
+    def tensor(self, indices, mapping: IntensityMapping | None = None, device=None):
+        """All ``indices`` as one resident (N, 1, *size) tensor: what training indexes batches from
+        when the set fits in memory (see :class:`ResidentBatches`)."""
+        return self.batch(np.sort(np.asarray(indices, dtype=np.int64)), mapping, device)
+
+
+class ResidentBatches:
+    """Shuffled batches drawn from a resident tensor: one ``index_select`` per batch, nothing else."""
+
+    def __init__(self, images, labels=None, batch_size: int = 64, generator=None, drop_last: bool = True):
+        self.images, self.labels, self.batch_size, self.gen = images, labels, batch_size, generator
+        self.drop_last = drop_last
+
+    def __iter__(self):
+        import torch
+
+        n = self.images.shape[0]
+        perm = torch.randperm(n, generator=self.gen).to(self.images.device)
+        stop = n - self.batch_size + 1 if self.drop_last else n
+        for s in range(0, max(stop, 0), self.batch_size):
+            take = perm[s:s + self.batch_size]
+            yield self.images.index_select(0, take), (self.labels.index_select(0, take)
+                                                      if self.labels is not None else None)
 
 
 def prepare_dataset(disc: Discovery, cfg: DataConfig, *, progress: bool | None = None,

@@ -77,21 +77,24 @@ def prepare_record(record, cfg: DataConfig) -> list[Item]:
 
 
 def _prepare_2d(img: np.ndarray, spacing, cfg: DataConfig):
-    """(H, W) -> image_size: optional resampling to data.spacing, then pad/crop/resize."""
+    """(H, W), or a stack (K, H, W) of same-size slices, -> image_size: optional resampling to
+    data.spacing, then pad/crop/resize. A stack goes through each MONAI transform once, as channels."""
     from monai.transforms import CenterSpatialCrop, ResizeWithPadOrCrop, SpatialPad
 
     target = tuple(cfg.image_size)
-    x = img[None].astype(np.float32, copy=False)
+    single = img.ndim == 2
+    x = (img[None] if single else img).astype(np.float32, copy=False)
+    h, w = x.shape[1:]
     notes = []
-    background = float(img.min())
+    background = float(x.min())
     if cfg.spacing is not None and spacing is not None:
-        shape = tuple(max(1, round(n * s / t)) for n, s, t in zip(img.shape, spacing, cfg.spacing))
-        if shape != img.shape:
+        shape = tuple(max(1, round(n * s / t)) for n, s, t in zip((h, w), spacing, cfg.spacing))
+        if shape != (h, w):
             x = _resize(x, shape)
         x = ResizeWithPadOrCrop(target, mode="constant", value=background)(x)
-        return _np(x)[0], tuple(float(s) for s in cfg.spacing), tuple(notes)
-    if tuple(img.shape) != target:
-        h, w = img.shape
+        out = _np(x)
+        return (out[0] if single else out), tuple(float(s) for s in cfg.spacing), tuple(notes)
+    if (h, w) != target:
         if cfg.resize == "pad" and h != w:
             x = SpatialPad((max(h, w),) * 2, mode="constant", value=background)(x)
         elif cfg.resize == "crop" and h != w:
@@ -103,7 +106,8 @@ def _prepare_2d(img: np.ndarray, spacing, cfg: DataConfig):
             spacing = None if cfg.resize == "stretch" else tuple(
                 max(h, w) * s / t if cfg.resize == "pad" else min(h, w) * s / t
                 for s, t in zip(spacing, side))
-    return _np(x)[0], spacing, tuple(notes)
+    out = _np(x)
+    return (out[0] if single else out), spacing, tuple(notes)
 
 
 def _resize(x, shape):
@@ -156,14 +160,18 @@ def _prepare_slices(array, affine, cfg: DataConfig) -> list[Item]:
     lo = float(data.min())
     threshold = lo + 0.1 * (float(np.percentile(data, 99)) - lo)
     in_plane = tuple(s for i, s in enumerate(spacing) if i != axis)[::-1]  # (row, col) spacing
-    items = []
+    kept = []
     for k in range(start, min(stop, n)):
-        img = np.ascontiguousarray(slice_volume(data, k, cfg.slice_axis))
+        img = slice_volume(data, k, cfg.slice_axis)
         if cfg.min_foreground > 0 and float((img > threshold).mean()) < cfg.min_foreground:
             continue
-        out, sp, notes = _prepare_2d(img, in_plane, cfg)
-        items.append(Item(out, sp, k, notes))
-    return items
+        kept.append((k, img))
+    if not kept:
+        return []
+    # all slices of one volume share a shape: pad/resize them in one pass
+    stack = np.ascontiguousarray(np.stack([img for _, img in kept]))
+    out, sp, notes = _prepare_2d(stack, in_plane, cfg)
+    return [Item(out[i], sp, k, notes) for i, (k, _) in enumerate(kept)]
 
 
 def _prepare_volume(array, affine, cfg: DataConfig) -> Item:
@@ -204,6 +212,14 @@ class IntensityMapping:
         scale = 2.0 / (self.source_max - self.source_min)
         y = (x - self.source_min) * scale - 1.0
         return y.clamp(-1.0, 1.0) if hasattr(y, "clamp") else np.clip(y, -1.0, 1.0)
+
+    def forward_(self, x: np.ndarray) -> np.ndarray:
+        """In-place version of :meth:`forward` for a float32 numpy array: no temporaries."""
+        scale = np.float32(2.0 / (self.source_max - self.source_min))
+        x -= np.float32(self.source_min)
+        x *= scale
+        x -= np.float32(1.0)
+        return np.clip(x, -1.0, 1.0, out=x)
 
     def inverse(self, y):
         return (y + 1.0) * 0.5 * (self.source_max - self.source_min) + self.source_min

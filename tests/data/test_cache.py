@@ -128,3 +128,23 @@ def test_build_dataset_splits_fits_intensity_and_serves_batches(tmp_path, shared
     item = ds[1]
     assert item["image"].shape == (1, 32, 32) and item["label"] == -1
     np.testing.assert_allclose(item["image"].numpy(), x[1].numpy(), atol=1e-6)
+
+
+def test_resident_batches_cover_every_item_once_per_epoch(tmp_path, shared_data):
+    import torch
+
+    from medsynth.data.cache import ResidentBatches
+    from medsynth.data.transforms import IntensityMapping
+
+    root = _small_mednist(tmp_path, n=10)
+    data = prepare_dataset(discover(root), DataConfig(path=str(root), image_size=[32, 32]))
+    m = IntensityMapping(0.0, 255.0)
+    resident = data.tensor(np.arange(len(data)), m)
+    np.testing.assert_allclose(resident.numpy(), data.batch(np.arange(len(data)), m).numpy())
+    np.testing.assert_allclose(resident[:, 0].numpy(), m.forward(np.asarray(data.images)), atol=1e-6)
+    labels = torch.from_numpy(data.label_index)
+    gen = torch.Generator().manual_seed(0)
+    full = [b for b, _ in ResidentBatches(resident, labels, 8, gen)]
+    assert [len(b) for b in full] == [8, 8]                          # drop_last: 20 items -> 2 batches
+    seen = torch.cat([y for _, y in ResidentBatches(resident, labels, 8, gen, drop_last=False)])
+    assert sorted(seen.tolist()) == sorted(labels.tolist())          # every item exactly once
