@@ -110,6 +110,16 @@ class PreparedData:
         return self.batch(np.sort(np.asarray(indices, dtype=np.int64)), mapping, device)
 
 
+def take_rows(t, idx):
+    """``t[idx]`` along dim 0. On the CPU numpy's take is 2-5x faster than torch's index_select here
+    (no intra-op thread wake-ups, no page-faulting allocator path); on a GPU it is index_select."""
+    import torch
+
+    if t.device.type == "cpu":
+        return torch.from_numpy(np.take(t.numpy(), idx.cpu().numpy(), axis=0))
+    return t.index_select(0, idx.to(t.device))
+
+
 class ResidentBatches:
     """Shuffled batches drawn from a resident tensor: one ``index_select`` per batch, nothing else."""
 
@@ -125,8 +135,7 @@ class ResidentBatches:
         stop = n - self.batch_size + 1 if self.drop_last else n
         for s in range(0, max(stop, 0), self.batch_size):
             take = perm[s:s + self.batch_size]
-            yield self.images.index_select(0, take), (self.labels.index_select(0, take)
-                                                      if self.labels is not None else None)
+            yield take_rows(self.images, take), (take_rows(self.labels, take) if self.labels is not None else None)
 
 
 def prepare_dataset(disc: Discovery, cfg: DataConfig, *, progress: bool | None = None,

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from medsynth import __version__
 from medsynth.config import Config, config_from_dict, dump_config, load_yaml
+from medsynth.data.cache import take_rows
 from medsynth.models import GanModel, build_model
 from medsynth.runs import atomic_write_bytes, atomic_write_text
 from medsynth.training.augment import augment
@@ -144,8 +145,7 @@ class BatchSource:
         take = self.perm[self.pos:self.pos + self.batch_size]
         self.pos += self.batch_size
         if self.resident:
-            dev_take = take.to(self.device)
-            return self.images[dev_take], self.labels[dev_take]
+            return take_rows(self.images, take), take_rows(self.labels, take)
         x = self.bundle.prepared.batch(self.bundle.train_indices[take.numpy()], self.bundle.mapping, self.device)
         return x, self.labels[take].to(self.device)
 
