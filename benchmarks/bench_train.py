@@ -5,8 +5,10 @@ same recipe: batch 300, Adam 2e-4 (0.5, 0.999), BCE, one generator update follow
 discriminator updates on the same real and generated batch, fp32. The tutorial side keeps its data
 pipeline: ``CacheDataset`` over the JPEG files with LoadImage, channel-first, ScaleIntensity, then
 per-item RandRotate / RandFlip / RandZoom in ``DataLoader`` workers (``num_workers`` = cores, the
-tutorial's 10 being more than this machine has). medsynth reads its memory-mapped tensor cache and
-keeps the training set on the device.
+tutorial's 10 being more than this machine has). medsynth reads its memory-mapped tensor cache,
+keeps the training set on the device, passes real and generated images through the discriminator as
+one batch, and (what ``train.compile`` auto-enables for long runs) compiles both networks; it is
+measured both eager and compiled. The compile time is paid in the warm-up run, not measured.
 
 Throughput = real images consumed by generator updates per second, measured over whole steps after
 a warm-up. Run by hand:  .venv/bin/python benchmarks/bench_train.py [--steps 20] [--json OUT]
@@ -117,14 +119,14 @@ def tutorial_loop(files, steps: int, warmup: int, device, workers: int) -> float
     return images / (time.perf_counter() - t0)
 
 
-def medsynth_loop(model: str, steps: int, warmup: int, batch_size: int, cache_dir: str) -> float:
+def medsynth_loop(model: str, steps: int, warmup: int, batch_size: int, cache_dir: str, compile: bool) -> float:
     from medsynth.config import resolve_config
     from medsynth.training.loop import train
 
     over = {"data.path": str(MEDNIST), "data.image_size": [64, 64], "data.cache_dir": cache_dir,
             "data.intensity.mode": "window", "data.intensity.window": [0, 255], "model.name": model,
             "train.batch_size": batch_size, "train.grid_every": 10**6, "train.checkpoint_every": 10**6,
-            "data.holdout_fraction": 0.0}
+            "data.holdout_fraction": 0.0, "train.compile": compile}
     with tempfile.TemporaryDirectory() as tmp:
         # warm-up run (builds the tensor cache, first-call allocations), then the measured run
         train(resolve_config(None, {**over, "train.steps": max(1, warmup)}), Path(tmp) / "warm", progress=False)
@@ -144,11 +146,13 @@ def main(argv=None) -> int:
     print(f"machine: {machine()}\ndate: {time.strftime('%Y-%m-%d')}\ndata: {len(files)} MedNIST 64x64 images, "
           f"batch 300, {args.steps} steps after {args.warmup} warm-up")
     with tempfile.TemporaryDirectory() as cache:
-        ours = medsynth_loop("dcgan", args.steps, args.warmup, 300, cache)
         ref = tutorial_loop(files, args.steps, args.warmup, device, workers)
-        resgan = medsynth_loop("resgan", args.steps, args.warmup, 64, cache)
-    rows = {"medsynth dcgan (images/s)": ours, "MONAI tutorial loop, dcgan (images/s)": ref,
-            "ratio medsynth / tutorial": ours / ref, "medsynth resgan 64x64, batch 64 (images/s)": resgan}
+        eager = medsynth_loop("dcgan", args.steps, args.warmup, 300, cache, compile=False)
+        ours = medsynth_loop("dcgan", args.steps, args.warmup, 300, cache, compile=True)
+        resgan = medsynth_loop("resgan", args.steps, args.warmup, 64, cache, compile=True)
+    rows = {"MONAI tutorial loop, dcgan (images/s)": ref, "medsynth dcgan, eager (images/s)": eager,
+            "medsynth dcgan, compiled (images/s)": ours, "ratio eager / tutorial": eager / ref,
+            "ratio compiled / tutorial": ours / ref, "medsynth resgan 64x64, batch 64, compiled (images/s)": resgan}
     for k, v in rows.items():
         print(f"{k:45s} {v:10.2f}")
     if args.json:

@@ -113,8 +113,9 @@ class TrainConfig:
     d_steps: int | None = _opt(None, "discriminator updates per generator update (default: the model's; "
                                      "dcgan 5 as in MONAI's tutorial, resgan 1)", min=1)
     device: str = _opt("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
-    compile: bool = _opt(False, "torch.compile the generator (faster on GPU after a warm-up; the "
-                                     "discriminator stays eager because of spectral norm)")
+    compile: bool | None = _opt(None, "torch.compile the networks (the discriminator only without spectral "
+                                      "norm); null = auto: on for CUDA or runs of 2000+ steps; falls back to "
+                                      "eager with a warning when compilation fails")
     checkpoint_every: int = _opt(500, "steps between checkpoints", min=1)
     keep_last: int = _opt(3, "step checkpoints kept (older ones are deleted)", min=1)
     grid_every: int = _opt(250, "steps between sample-grid images in samples/", min=1)

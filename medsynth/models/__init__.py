@@ -31,6 +31,8 @@ class GanModel:
     augment: tuple[str, ...] = ()  # differentiable augmentations applied to D's inputs
     r1_gamma: float = 0.0
     d_steps: int = 1               # discriminator updates per generator update (on the same batch)
+    d_per_sample: bool = True      # D treats samples independently (no batch norm): real and fake
+                                   # may go through it as one concatenated batch
     extra: dict = field(default_factory=dict)
 
 

@@ -128,5 +128,5 @@ def build(cfg, image_shape, num_classes) -> GanModel:
     width = getattr(cfg, "width", 32)
     g = ResGenerator(image_shape, cfg.latent_dim, num_classes, width=width)
     d = ResDiscriminator(image_shape, num_classes, width=width)
-    return GanModel(g, d, loss="hinge", lr_g=2e-4, lr_d=2e-4, betas=(0.0, 0.99), ema=True,
+    return GanModel(g, d, loss="hinge", lr_g=2e-4, lr_d=2e-4, betas=(0.0, 0.99), ema=True, d_per_sample=True,
                     augment=("translation", "cutout", "intensity"))

@@ -231,6 +231,51 @@ def _median_spacing(bundle) -> list[float] | None:
     return [float(v) for v in np.median(np.asarray(sp, dtype=np.float64), axis=0)]
 
 
+def _d_pair(d, real, fake, y, per_sample: bool):
+    """D's logits for the real and the generated batch; one concatenated pass when D treats samples
+    independently (fewer, larger kernels: ~15% faster on CPU), else two passes."""
+    if per_sample:
+        n = real.shape[0]
+        out = d(torch.cat([real, fake]), torch.cat([y, y]) if y is not None else None).float()
+        return out[:n], out[n:]
+    return d(real, y).float(), d(fake, y).float()
+
+
+def _has_spectral_norm(m: torch.nn.Module) -> bool:
+    from torch.nn.utils import parametrize
+
+    return any(parametrize.is_parametrized(sub) for sub in m.modules())
+
+
+def _compiled(G, D, model: GanModel, device, image_shape, num_classes):
+    """torch.compile G, and D unless it uses spectral norm (its in-place power iteration breaks
+    compiled autograd in torch 2.14). Compiles eagerly on a dummy batch so that a failure (e.g. no
+    C++ compiler on a CPU machine) falls back to eager before any real step; weights, buffers and
+    RNG state are restored afterwards, so compiling never changes the run's results."""
+    g_c = torch.compile(G)
+    d_c = D if _has_spectral_norm(D) else torch.compile(D)
+    saved = (copy.deepcopy(G.state_dict()), copy.deepcopy(D.state_dict()), torch.get_rng_state())
+    try:
+        z = torch.zeros(2, G.latent_dim, device=device)
+        y = torch.zeros(2, dtype=torch.long, device=device) if num_classes else None
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            x = g_c(z, y)
+            out = d_c(x, y).float().sum() + d_c(torch.cat([x.detach(), x.detach()]),
+                                                 torch.cat([y, y]) if y is not None else None).float().sum()
+        out.backward()
+    except Exception as e:  # noqa: BLE001 - any compiler failure means: run eagerly
+        print(f"warning: torch.compile failed ({type(e).__name__}: {str(e).splitlines()[0][:160]}); "
+              "training without it", file=sys.stderr)
+        g_c, d_c = G, D
+    finally:
+        G.load_state_dict(saved[0])
+        D.load_state_dict(saved[1])
+        torch.set_rng_state(saved[2])
+        G.zero_grad(set_to_none=True)
+        D.zero_grad(set_to_none=True)
+    return g_c, d_c
+
+
 class _StopFlag:
     """First Ctrl-C: finish the current step, save a checkpoint, stop. Second Ctrl-C: abort at once."""
 
@@ -308,10 +353,10 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
         G = G.to(memory_format=torch.channels_last)
         D = D.to(memory_format=torch.channels_last)
     g_step, d_step = G, D
-    if cfg.train.compile:
-        # the generator only: spectral norm's in-place power iteration in the discriminator breaks
-        # compiled autograd (torch 2.14: "modified by an inplace operation")
-        g_step = torch.compile(G)
+    use_compile = cfg.train.compile if cfg.train.compile is not None else (
+        device.type == "cuda" or cfg.train.steps >= 2000)
+    if use_compile:
+        g_step, d_step = _compiled(G, D, model, device, image_shape, num_classes)
     # fixed latents for the grids, independent of the loop's generator
     grid_gen = torch.Generator().manual_seed(cfg.seed + 12345)
     n_grid = 16 if num_classes == 0 else max(num_classes, 4) * 4
@@ -354,7 +399,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                     r_in = augment(real, kinds, gen) if kinds else real
                     f_in = augment(fake, kinds, gen) if kinds else fake
-                    loss_d = d_loss(model.loss, d_step(r_in, y).float(), d_step(f_in, y).float())
+                    loss_d = d_loss(model.loss, *_d_pair(d_step, r_in, f_in, y, model.d_per_sample))
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()

@@ -113,9 +113,28 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, mednist_small):
 
 
 @pytest.mark.slow
-def test_compiled_generator_trains(tmp_path, mednist_small):
-    cfg = tiny_config(mednist_small, **{"model.name": "resgan", "train.compile": True, "train.steps": 2})
-    assert train(cfg, tmp_path / "run", progress=False).step == 2
+@pytest.mark.parametrize("model", ["dcgan", "resgan"])
+def test_compiled_networks_train(tmp_path, mednist_small, model):
+    cfg = tiny_config(mednist_small, **{"model.name": model, "train.compile": True, "train.steps": 2})
+    result = train(cfg, tmp_path / "run", progress=False)
+    state = load_checkpoint(result.checkpoint)
+    assert result.step == 2 and all(torch.isfinite(v).all() for v in state["generator"].values()
+                                    if v.dtype.is_floating_point)
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_identical_results(tmp_path, mednist_small, monkeypatch, capsys):
+    over = {"model.name": "resgan", "model.conditional": True, "train.steps": 2}
+    eager = train(tiny_config(mednist_small, **over, **{"train.compile": False}), tmp_path / "a", progress=False)
+
+    def broken_compile(module, *a, **k):
+        def fail(*args, **kwargs):
+            raise RuntimeError("InductorError: no working C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    fallback = train(tiny_config(mednist_small, **over, **{"train.compile": True}), tmp_path / "b", progress=False)
+    assert "torch.compile failed (RuntimeError: InductorError" in capsys.readouterr().err
+    _assert_same(_weights(eager.checkpoint), _weights(fallback.checkpoint))
 
 
 def test_checkpoint_of_mri_slices_records_their_geometry(tmp_path, shared_data):
