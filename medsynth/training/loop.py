@@ -391,10 +391,20 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
             real, y = source.next()
             y = y if num_classes else None
             b = real.shape[0]
-            # discriminator: d_steps updates on the same real and generated batch
+            # generator first, as in MONAI's tutorial: its output is then reused (detached) for the
+            # discriminator updates, so G runs forward once per step; D's weights need no gradient here
             z = torch.randn(b, G.latent_dim, generator=gen).to(device)
-            with torch.no_grad(), torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
+            D.requires_grad_(False)
+            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 fake = g_step(z, y)
+                f_in = augment(fake, kinds, gen) if kinds else fake
+                loss_g = g_loss(model.loss, d_step(f_in, y).float())
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            D.requires_grad_(True)
+            # discriminator: d_steps updates on the same real and generated batch
+            fake = fake.detach()
             for _ in range(d_steps):
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                     r_in = augment(real, kinds, gen) if kinds else real
@@ -403,15 +413,6 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
                 opt_d.step()
-            # generator
-            z = torch.randn(b, G.latent_dim, generator=gen).to(device)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                fake = g_step(z, y)
-                f_in = augment(fake, kinds, gen) if kinds else fake
-                loss_g = g_loss(model.loss, d_step(f_in, y).float())
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
             if ema is not None:
                 update_ema(ema, G, model.extra.get("ema_decay", 0.999))
             step += 1
