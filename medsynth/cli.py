@@ -104,10 +104,20 @@ def _cmd_data_prepare(args) -> int:
 # train / generate
 
 
+def normalize_train_args(args):
+    """``--resume`` takes an optional RUN, so ``--resume train.steps=9`` would read the override as
+    the run: give such a value back to the overrides."""
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+        args.overrides = [args.resume, *args.overrides]
+        args.resume = True
+    return args
+
+
 def _cmd_train(args) -> int:
     from medsynth.config import resolve_config
     from medsynth.training.loop import resume_config, train
 
+    args = normalize_train_args(args)
     resume_dir = args.resume if isinstance(args.resume, str) else None
     if resume_dir and args.run_dir and Path(resume_dir) != Path(args.run_dir):
         raise UserError(f"--resume {resume_dir} and --run-dir {args.run_dir} name different runs")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medsynth.cli import build_parser, main
+from medsynth.cli import build_parser, main, normalize_train_args
 from tests.conftest import MEDNIST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,7 +119,7 @@ def test_prepare_writes_full_config_and_reuses_its_split(tmp_path):
     assert first["train_items"] + first["holdout_items"] == 600 and not first["from_cache"]
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert cfg["train"]["batch_size"] == 8 and cfg["data"]["intensity"]["window"] == [0.0, 255.0]
-    assert cfg["model"]["latent_dim"] == 64          # defaults written out too
+    assert cfg["train"]["keep_last"] == 3 and cfg["data"]["split_seed"] == 0     # defaults written out too
     split_text = (run_dir / "split.json").read_text()
     # a different seed on the command line must not silently re-split an existing run
     code, out, err = run("data", "prepare", "--config", "configs/tiny-cpu.yaml", "--run-dir", run_dir,
@@ -146,8 +146,11 @@ def test_parser_knows_the_design_shape():
     p = build_parser()
     args = p.parse_args(["export", "r", "--format", "dicom", "-n", "5", "--overwrite", "--skip-privacy-check"])
     assert (args.format, args.n, args.overwrite, args.skip_privacy_check) == ("dicom", 5, True, True)
-    args = p.parse_args(["train", "--config", "c.yaml", "--run-dir", "d", "--resume", "train.steps=3"])
-    assert args.overrides == ["train.steps=3"] and args.resume
+    args = normalize_train_args(p.parse_args(["train", "--config", "c.yaml", "--run-dir", "d", "--resume",
+                                              "train.steps=3", "train.keep_last=2"]))
+    assert args.overrides == ["train.steps=3", "train.keep_last=2"] and args.resume is True
+    args = normalize_train_args(p.parse_args(["train", "--resume", "runs/x", "train.steps=3"]))
+    assert args.resume == "runs/x" and args.overrides == ["train.steps=3"]
 
 
 def test_train_then_resume_from_the_command_line(tmp_path):
