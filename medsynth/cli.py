@@ -57,24 +57,9 @@ def _resolve(args):
     return resolve_config(args.config, args.overrides)
 
 
-def prepare_run_data(cfg, run_dir: Path, progress=None):
-    """Write the resolved config, build or open the tensor cache, and write or reuse split.json."""
-    from medsynth.config import dump_config
-    from medsynth.data import build_dataset
-    from medsynth.data.sources import Split
-    from medsynth.runs import atomic_write_text
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    split_path = run_dir / "split.json"
-    split = Split.load(split_path) if split_path.is_file() else None
-    bundle = build_dataset(cfg.data, split=split, progress=progress)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    if split is None:
-        bundle.split.save(split_path)
-    return bundle
-
-
 def _cmd_data_prepare(args) -> int:
+    from medsynth.runs import prepare_run_data
+
     cfg = _resolve(args)
     run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     b = prepare_run_data(cfg, run_dir)

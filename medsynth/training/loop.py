@@ -27,7 +27,7 @@ from medsynth import __version__
 from medsynth.config import Config, config_from_dict, dump_config, load_yaml
 from medsynth.data.cache import take_rows
 from medsynth.models import GanModel, build_model
-from medsynth.runs import atomic_write_bytes, atomic_write_text
+from medsynth.runs import atomic_write_bytes, atomic_write_text, prepare_run_data
 from medsynth.training.augment import augment
 from medsynth.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, prune, save_checkpoint
 
@@ -300,8 +300,6 @@ class _StopFlag:
 def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
           progress: bool | None = None, stop_after: int | None = None) -> TrainResult:
     """Train per ``cfg`` into ``run_dir``. ``stop_after`` ends early after that many steps (tests)."""
-    from medsynth.cli import prepare_run_data
-
     prepare_run_dir(run_dir, resume, overwrite)
     device = select_device(cfg.train.device)
     torch.manual_seed(cfg.seed)
