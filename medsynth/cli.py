@@ -150,6 +150,30 @@ def _cmd_generate(args) -> int:
     return EXIT_OK
 
 
+def _cmd_evaluate(args) -> int:
+    from medsynth.metrics.evaluate import EvaluationError, evaluate_folders, evaluate_run, render_text
+    from medsynth.metrics.features import FeatureWeightsError
+
+    if args.run and (args.real or args.synthetic):
+        raise UserError("give either RUN or --real and --synthetic, not both")
+    try:
+        if args.run:
+            if args.save_stats:
+                raise UserError("--save-stats goes with --real/--synthetic")
+            result = evaluate_run(args.run, n=args.n, seed=args.seed)
+        elif args.real and args.synthetic:
+            result = evaluate_folders(args.real, args.synthetic, save_stats_path=args.save_stats)
+        else:
+            raise UserError("evaluate needs RUN, or both --real DIR and --synthetic DIR")
+    except (EvaluationError, FeatureWeightsError) as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(render_text(result))
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------
 # demo
 
@@ -286,16 +310,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", metavar="DIR", help="output folder (default RUN/samples/generated)")
     gen.set_defaults(func=_cmd_generate)
 
-    ev = sub.add_parser("evaluate", help="fidelity metrics: FID, KID, precision/recall, diversity",
-                        description="Compare synthetic with real images: FID (identical to pytorch-fid's), KID, "
-                                    "precision/recall, density/coverage and MS-SSIM diversity. Give a RUN, or "
-                                    "--real and --synthetic folders.", formatter_class=_Formatter)
+    ev = sub.add_parser("evaluate", help="fidelity metrics: FID (pytorch-fid's, offline) and KID",
+                        description="Compare synthetic with real images: FID, identical to pytorch-fid's and "
+                                    "working offline, and KID (unbiased, mean +- std over subsets). Give a RUN "
+                                    "(its generator's samples against its training images, per class for "
+                                    "conditional models; appended to RUN/metrics.jsonl), or --real and "
+                                    "--synthetic folders. Precision/recall, density/coverage, diversity and the "
+                                    "FID ratio are planned (issue #5).", formatter_class=_Formatter)
     ev.add_argument("run", nargs="?", metavar="RUN")
     ev.add_argument("--real", metavar="DIR")
     ev.add_argument("--synthetic", metavar="DIR")
-    ev.add_argument("--save-stats", metavar="NPZ", help="save the real set's feature statistics for reuse")
+    ev.add_argument("-n", type=int, metavar="N", help="with RUN: synthetic images to generate (default: as many "
+                                                     "as training images)")
+    ev.add_argument("--seed", type=int, default=0, metavar="S", help="with RUN: sampling seed")
+    ev.add_argument("--save-stats", metavar="NPZ", help="save the real set's feature statistics (pytorch-fid .npz)")
     _add_json(ev)
-    ev.set_defaults(func=_not_implemented("evaluate", "issue #5"))
+    ev.set_defaults(func=_cmd_evaluate)
 
     pr = sub.add_parser("privacy", help="memorization and membership-inference checks",
                         description="Check synthetic images for memorized training images and membership "

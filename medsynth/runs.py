@@ -47,3 +47,13 @@ def prepare_run_data(cfg, run_dir: Path, progress=None):
     if split is None:
         bundle.split.save(split_path)
     return bundle
+
+
+def append_jsonl(path, record: dict) -> None:
+    """Append one JSON line (metrics.jsonl), creating the file when needed."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")

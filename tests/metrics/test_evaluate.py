@@ -1,0 +1,87 @@
+"""``medsynth evaluate`` end to end: folders (8-bit and medsynth's 16-bit PNGs), runs, bad input."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medsynth.cli import main
+from medsynth.metrics.evaluate import EvaluationError, evaluate_folders, evaluate_run, load_image_folder
+from medsynth.metrics.fid import fid_from_features, load_stats
+
+MEDNIST = __import__("tests.conftest", fromlist=["MEDNIST"]).MEDNIST
+
+
+@pytest.fixture(scope="module")
+def extractor(tmp_path_factory):
+    from medsynth.metrics.features import FeatureExtractor
+
+    return FeatureExtractor(device="cpu", cache_dir=tmp_path_factory.mktemp("fid"), allow_download=False)
+
+
+def _copy(dst, label, n, start=0):
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted((MEDNIST / label).iterdir())[start:start + n]:
+        shutil.copy(f, dst / f.name)
+    return dst
+
+
+def test_folder_fid_equals_feature_fid_and_16bit_pngs_read_right(tmp_path, extractor):
+    real = _copy(tmp_path / "real", "CXR", 6)
+    # the same images as medsynth generate writes them: 16-bit PNG, [-1, 1] -> 0..65535
+    syn = tmp_path / "syn16"
+    syn.mkdir()
+    for f in sorted(real.iterdir()):
+        x = np.asarray(Image.open(f), dtype=np.float64) / 255 * 2 - 1
+        Image.fromarray(((x + 1) * 32767.5).round().astype(np.uint16)).save(syn / (f.stem + ".png"))
+    imgs, _, _, _ = load_image_folder(syn)
+    ref, _, _, _ = load_image_folder(real)
+    assert max(float((a - b).abs().max()) for a, b in zip(imgs, ref)) < 1e-4
+    res = evaluate_folders(real, syn, extractor=extractor, save_stats_path=tmp_path / "real.npz")
+    assert res["n_real"] == res["n_synthetic"] == 6 and res["real_sizes"] == {"64x64": 6}
+    assert abs(res["fid"]) < 1e-3          # identical images after 8-bit quantisation
+    assert res["warnings"] and "fewer than 2048" in res["warnings"][0]
+    mu, sigma = load_stats(tmp_path / "real.npz")
+    assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
+    other = _copy(tmp_path / "mr", "MRBrain", 6)
+    res2 = evaluate_folders(real, other, extractor=extractor)
+    fr = extractor.features_from_files(sorted(real.iterdir()))
+    fo = extractor.features_from_files(sorted(other.iterdir()))
+    assert res2["fid"] == pytest.approx(fid_from_features(fr, fo), rel=1e-9)   # pytorch-fid's file path
+    assert res2["fid"] > 100 and res2["kid_mean"] > 0.05
+
+
+def test_too_few_images_and_conflicting_options(tmp_path, capsys):
+    one = _copy(tmp_path / "one", "CXR", 1)
+    two = _copy(tmp_path / "two", "CXR", 2)
+    with pytest.raises(EvaluationError, match="1 usable image"):
+        load_image_folder(one)
+    assert main(["evaluate", "--real", str(one), "--synthetic", str(two)]) == 2
+    assert "need at least 2" in capsys.readouterr().err
+    assert main(["evaluate", "runs/x", "--real", str(two)]) == 2
+    assert "either RUN or --real" in capsys.readouterr().err
+    assert main(["evaluate"]) == 2
+
+
+@pytest.mark.slow
+def test_evaluate_a_conditional_run_per_class_and_metrics_jsonl(tmp_path, extractor, monkeypatch):
+    from medsynth.training.loop import train
+    from tests.training.conftest import tiny_config
+
+    data = tmp_path / "data"
+    _copy(data / "CXR", "CXR", 12)
+    _copy(data / "MRBrain", "MRBrain", 12)
+    run = tmp_path / "run"
+    train(tiny_config(data, **{"model.name": "resgan", "model.conditional": True, "train.steps": 2,
+                               "data.holdout_fraction": 0.25}), run, progress=False)
+    res = evaluate_run(run, n=8, extractor=extractor)
+    assert res["n_real"] == 18 and res["n_synthetic"] == 8 and res["step"] == 2
+    assert set(res["per_class"]) == {"CXR", "MRBrain"}
+    assert res["per_class"]["CXR"]["n_real"] == 9 and res["per_class"]["CXR"]["n_synthetic"] == 4
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 1 and json.loads(lines[0])["fid"] == res["fid"]
+    assert np.isfinite(res["fid"]) and res["fid"] > 0
+    assert torch.isfinite(torch.tensor(res["kid_mean"]))
