@@ -412,7 +412,9 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
                 loss_d.backward()
                 opt_d.step()
             if ema is not None:
-                update_ema(ema, G, model.extra.get("ema_decay", 0.999))
+                # ramp-up: with a fixed 0.999, the EMA would still hold 0.999^1000 = 37% of the initial
+                # weights after 1,000 steps; (1 + t) / (10 + t) lets it follow early training
+                update_ema(ema, G, min(model.extra.get("ema_decay", 0.999), (1 + step) / (10 + step)))
             step += 1
             ld, lg = loss_d.detach().item(), loss_g.detach().item()
             if not (math.isfinite(ld) and math.isfinite(lg)):
