@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -32,16 +31,11 @@ MEDNIST = REPO.parent / "shared" / "data" / "mednist64"
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from bench_data import machine_info  # the same description as the data benchmark
+
+    m = machine_info()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, {platform.python_version()}"
+    return f"{m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB, {gpu}, torch {m['torch']}, MONAI {m['monai']}"
 
 
 def tutorial_loop(files, steps: int, warmup: int, device, workers: int) -> float:

@@ -55,9 +55,7 @@ def read_record(record, cfg: DataConfig):
 
 def prepare_record(record, cfg: DataConfig) -> list[Item]:
     """Read one record and return its preprocessed items; raises UnreadableFile to skip it."""
-    array, meta = read_record(record, cfg)
-    if not np.isfinite(array).all():
-        raise UnreadableFile(record.files[0], "contains NaN or Inf values")
+    array, meta = read_record(record, cfg)   # the readers refuse NaN/Inf, so arrays here are finite
     is_volume = array.ndim == 3 and array.shape[2] > 1 and meta.affine is not None
     if cfg.mode == "3d":
         if not is_volume:

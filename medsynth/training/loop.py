@@ -133,7 +133,7 @@ class BatchSource:
         nbytes = self.n * int(np.prod(bundle.prepared.images.shape[1:])) * 4
         self.resident = nbytes <= (2 << 30)      # keep the whole training set on the device when small
         if self.resident:
-            self.images = bundle.prepared.batch(idx, bundle.mapping).to(device)
+            self.images = bundle.prepared.tensor(idx, bundle.mapping, device)
             self.labels = self.labels.to(device)
         self.perm = torch.randperm(self.n, generator=self.gen)
         self.pos = 0
