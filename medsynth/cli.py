@@ -160,9 +160,10 @@ def _cmd_evaluate(args) -> int:
         if args.run:
             if args.save_stats:
                 raise UserError("--save-stats goes with --real/--synthetic")
-            result = evaluate_run(args.run, n=args.n, seed=args.seed)
+            result = evaluate_run(args.run, n=args.n, seed=args.seed, bootstrap=args.bootstrap)
         elif args.real and args.synthetic:
-            result = evaluate_folders(args.real, args.synthetic, save_stats_path=args.save_stats)
+            result = evaluate_folders(args.real, args.synthetic, save_stats_path=args.save_stats,
+                                      bootstrap=args.bootstrap, seed=args.seed)
         else:
             raise UserError("evaluate needs RUN, or both --real DIR and --synthetic DIR")
     except (EvaluationError, FeatureWeightsError) as e:
@@ -310,20 +311,25 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", metavar="DIR", help="output folder (default RUN/samples/generated)")
     gen.set_defaults(func=_cmd_generate)
 
-    ev = sub.add_parser("evaluate", help="fidelity metrics: FID (pytorch-fid's, offline) and KID",
-                        description="Compare synthetic with real images: FID, identical to pytorch-fid's and "
-                                    "working offline, and KID (unbiased, mean +- std over subsets). Give a RUN "
-                                    "(its generator's samples against its training images, per class for "
-                                    "conditional models; appended to RUN/metrics.jsonl), or --real and "
-                                    "--synthetic folders. Precision/recall, density/coverage, diversity and the "
-                                    "FID ratio are planned (issue #5).", formatter_class=_Formatter)
+    ev = sub.add_parser("evaluate", help="fidelity: FID (pytorch-fid's, offline), KID, precision/recall, diversity",
+                        description="Compare synthetic with real images: FID (identical to pytorch-fid's, offline) "
+                                    "with a bootstrap interval; KID (unbiased, mean +- std over subsets); "
+                                    "precision, recall, density and coverage (k=3); MS-SSIM diversity of each set. "
+                                    "Give a RUN (its generator's samples against its training images, per class "
+                                    "for conditional models, 2.5D for 3D runs, plus the FID ratio "
+                                    "FID(synthetic, holdout) / FID(train, holdout); appended to RUN/metrics.jsonl), "
+                                    "or --real and --synthetic folders (--real may be a statistics file saved "
+                                    "with --save-stats: FID only).", formatter_class=_Formatter)
     ev.add_argument("run", nargs="?", metavar="RUN")
     ev.add_argument("--real", metavar="DIR")
     ev.add_argument("--synthetic", metavar="DIR")
     ev.add_argument("-n", type=int, metavar="N", help="with RUN: synthetic images to generate (default: as many "
                                                      "as training images)")
     ev.add_argument("--seed", type=int, default=0, metavar="S", help="with RUN: sampling seed")
-    ev.add_argument("--save-stats", metavar="NPZ", help="save the real set's feature statistics (pytorch-fid .npz)")
+    ev.add_argument("--save-stats", metavar="NPZ", help="save the real set's feature statistics (pytorch-fid .npz); "
+                                                       "pass the file as --real later to skip the real images")
+    ev.add_argument("--bootstrap", type=int, default=100, metavar="B",
+                    help="bootstrap draws for the FID and precision/recall intervals (0: none)")
     _add_json(ev)
     ev.set_defaults(func=_cmd_evaluate)
 

@@ -29,7 +29,8 @@ import warnings
 import numpy as np
 from scipy import linalg
 
-__all__ = ["feature_stats", "fid_from_features", "frechet_distance", "load_stats", "save_stats"]
+__all__ = ["feature_stats", "fid_bootstrap", "fid_from_features", "fid_from_features_fast", "frechet_distance",
+           "load_stats", "read_stats", "save_stats"]
 
 
 def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
@@ -100,10 +101,16 @@ def fid_from_features(features_a, features_b) -> float:
     return frechet_distance(mu1, s1, mu2, s2)
 
 
-def save_stats(path: str | os.PathLike, mu, sigma) -> None:
+STATS_FEATURES = "pytorch-fid InceptionV3 pool3 2048-d (FID weights), 8-bit input"
+STATS_VERSION = 1
+
+
+def save_stats(path: str | os.PathLike, mu, sigma, *, features_id: str = STATS_FEATURES, n: int | None = None) -> None:
     """Write ``mu``, ``sigma`` as pytorch-fid does (``np.savez_compressed(path, mu=..., sigma=...)``), atomically.
 
-    Unlike ``np.savez_compressed``, no ``.npz`` is appended to ``path``.
+    Two small extra arrays say what made them (``medsynth_features``, ``medsynth_stats_version``, and
+    ``n``, the number of images): pytorch-fid ignores them, :func:`read_stats` checks them. Unlike
+    ``np.savez_compressed``, no ``.npz`` is appended to ``path``.
     """
     from medsynth.runs import atomic_write_bytes
 
@@ -112,8 +119,30 @@ def save_stats(path: str | os.PathLike, mu, sigma) -> None:
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"stats: expected mu (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
     buf = io.BytesIO()
-    np.savez_compressed(buf, mu=mu, sigma=sigma)
+    np.savez_compressed(buf, mu=mu, sigma=sigma, medsynth_features=np.array(features_id),
+                        medsynth_stats_version=np.array(STATS_VERSION), n=np.array(-1 if n is None else int(n)))
     atomic_write_bytes(path, buf.getvalue())
+
+
+def read_stats(path: str | os.PathLike, features_id: str = STATS_FEATURES) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(mu, sigma, meta)`` from a statistics file, refusing one made by another feature extractor or a
+    newer medsynth. A file without medsynth's marks (pytorch-fid's own ``--save-stats``) is accepted:
+    pytorch-fid's features are these features; ``meta["origin"]`` says so."""
+    mu, sigma = load_stats(path)
+    with np.load(path, allow_pickle=False) as f:
+        made_by = str(f["medsynth_features"]) if "medsynth_features" in f.files else None
+        version = int(f["medsynth_stats_version"]) if "medsynth_stats_version" in f.files else None
+        n = int(f["n"]) if "n" in f.files else -1
+    if made_by is not None and made_by != features_id:
+        raise ValueError(f"{path}: statistics of other features ({made_by!r}); this FID needs {features_id!r}. "
+                         "Compute the statistics again with this medsynth")
+    if version is not None and version > STATS_VERSION:
+        raise ValueError(f"{path}: statistics format version {version} is newer than this medsynth reads "
+                         f"({STATS_VERSION}); upgrade medsynth or compute them again")
+    if mu.shape[0] != 2048 and features_id == STATS_FEATURES:
+        raise ValueError(f"{path}: {mu.shape[0]}-d statistics; FID uses 2048-d Inception pool3 features")
+    origin = "medsynth" if made_by else "pytorch-fid format without medsynth's marks (assumed pytorch-fid features)"
+    return mu, sigma, {"origin": origin, "n": None if n < 0 else n, "version": version}
 
 
 def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
@@ -123,6 +152,86 @@ def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
             mu, sigma = f["mu"][:], f["sigma"][:]
     except KeyError as e:
         raise ValueError(f"{path}: not FID statistics (needs arrays 'mu' and 'sigma')") from e
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: not a readable .npz statistics file ({e})") from None
     if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
         raise ValueError(f"{path}: expected mu (D,) and sigma (D, D), got {mu.shape} and {sigma.shape}")
     return mu, sigma
+
+
+# --------------------------------------------------------------------------------------------
+# the same distance without a 2048x2048 matrix square root: for the training hook and bootstrap
+
+
+def _trace_sqrt_product(m: np.ndarray) -> float:
+    """Sum of the singular values (nuclear norm) of ``m``, via the eigenvalues of its smaller Gram matrix."""
+    g = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh(g), 0.0, None)).sum())
+
+
+def fid_from_features_fast(features_a, features_b) -> float:
+    r"""FID from features without ``sqrtm``; equal to :func:`fid_from_features` up to rounding.
+
+    With centred features X_1 (n_1 x d) and X_2, S_i = X_i^T X_i / (n_i - 1), the non-zero eigenvalues of
+    S_1 S_2 are those of M M^T with M = X_1 X_2^T / sqrt((n_1 - 1)(n_2 - 1)), so
+    Tr((S_1 S_2)^(1/2)) is the sum of M's singular values. For sets smaller than d this is much cheaper
+    than the d x d matrix square root (2,000 vs 2,000 images: about 1 s instead of tens of seconds).
+    When a set is larger than d, its covariance's symmetric square root stands in for X_i.
+    """
+    a = np.asarray(features_a, dtype=np.float64)
+    b = np.asarray(features_b, dtype=np.float64)
+    mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
+    fa, fb = _cov_factor(a - mu_a), _cov_factor(b - mu_b)
+    diff = mu_a - mu_b
+    return float(diff @ diff + (fa * fa).sum() + (fb * fb).sum() - 2.0 * _trace_sqrt_product(fa @ fb.T))
+
+
+def _cov_factor(centred: np.ndarray) -> np.ndarray:
+    """A with A^T A = the covariance of ``centred`` (rows = samples), with min(n, d) rows."""
+    n, d = centred.shape
+    if n < 2:
+        raise ValueError(f"features: need at least 2 samples for a covariance, got {n}")
+    if n <= d:
+        return centred / np.sqrt(n - 1)
+    w, v = np.linalg.eigh(centred.T @ centred / (n - 1))
+    return np.sqrt(np.clip(w, 0.0, None))[:, None] * v.T
+
+
+def fid_bootstrap(features_a, features_b, draws: int = 100, level: float = 0.95, seed: int = 0) -> dict:
+    """Bootstrap interval of FID: both sets resampled with replacement ``draws`` times.
+
+    The interval shows the sampling spread of FID at these set sizes, centred on the estimate itself:
+    resampling with replacement repeats points, which shrinks the effective set and inflates every
+    resampled FID (for 2,000 vs 2,000 Gaussian features by about half), so the draws are shifted by
+    their mean excess over the estimate before their 2.5% and 97.5% quantiles are taken. FID's own
+    upward bias at small sizes is neither removed nor added.
+
+    Each draw is computed from the precomputed cross-products of the two sets (no covariance
+    matrices): a few ms for hundreds of images, about 1-2 s per draw for 2,000 vs 2,000 on two CPU cores.
+    """
+    a = np.asarray(features_a, dtype=np.float64)
+    b = np.asarray(features_b, dtype=np.float64)
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        raise ValueError(f"bootstrap FID needs at least 2 samples per set (got {na} and {nb})")
+    rng = np.random.default_rng(seed)
+    cross = a @ b.T                                   # x_i . y_j, reused by every draw
+    sq_a, sq_b = np.einsum("ij,ij->i", a, a), np.einsum("ij,ij->i", b, b)
+    values = np.empty(int(draws))
+    for t in range(int(draws)):
+        wa = np.bincount(rng.integers(0, na, na), minlength=na).astype(np.float64)
+        wb = np.bincount(rng.integers(0, nb, nb), minlength=nb).astype(np.float64)
+        ma, mb = wa @ a / na, wb @ b / nb
+        ia, ib = np.flatnonzero(wa), np.flatnonzero(wb)
+        # centred cross-products (x_i - ma).(y_j - mb) for the drawn points, weighted by multiplicity
+        c = (cross[np.ix_(ia, ib)] - (a[ia] @ mb)[:, None] - (b[ib] @ ma)[None, :] + ma @ mb)
+        c *= np.sqrt(wa[ia])[:, None] * np.sqrt(wb[ib])[None, :] / np.sqrt((na - 1) * (nb - 1))
+        tr_a = (wa @ sq_a - na * (ma @ ma)) / (na - 1)
+        tr_b = (wb @ sq_b - nb * (mb @ mb)) / (nb - 1)
+        diff = ma - mb
+        values[t] = diff @ diff + tr_a + tr_b - 2.0 * _trace_sqrt_product(c)
+    estimate = fid_from_features_fast(a, b)
+    shifted = values - values.mean() + estimate
+    lo, hi = np.quantile(shifted, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"low": float(lo), "high": float(hi), "std": float(values.std(ddof=1)) if draws > 1 else 0.0,
+            "level": level, "draws": int(draws)}

@@ -52,6 +52,19 @@ def test_folder_fid_equals_feature_fid_and_16bit_pngs_read_right(tmp_path, extra
     fo = extractor.features_from_files(sorted(other.iterdir()))
     assert res2["fid"] == pytest.approx(fid_from_features(fr, fo), rel=1e-9)   # pytorch-fid's file path
     assert res2["fid"] > 100 and res2["kid_mean"] > 0.05
+    # precision/recall/density/coverage and intervals, diversity per set
+    assert res["precision"] == res["recall"] == res["coverage"] == 1.0      # identical sets
+    assert res2["precision"] == res2["density"] == 0.0   # no brain MRI lies among the chest X-rays
+    lo, hi = res2["fid_ci"]
+    assert lo < res2["fid"] < hi
+    assert 0 < res2["diversity"]["real"]["ms_ssim"] < 1 and res2["diversity"]["synthetic"]["pairs"] == 15
+    # saved statistics stand in for the real folder (FID only), and a stats file from elsewhere is refused
+    res3 = evaluate_folders(tmp_path / "real.npz", other, extractor=extractor)
+    assert res3["fid"] == pytest.approx(res2["fid"], rel=1e-9) and res3["n_real"] == 6 and "kid_mean" not in res3
+    from medsynth.metrics.fid import save_stats
+    save_stats(tmp_path / "other.npz", mu, sigma, features_id="another network")
+    with pytest.raises(EvaluationError, match="other features"):
+        evaluate_folders(tmp_path / "other.npz", other, extractor=extractor)
 
 
 def test_too_few_images_and_conflicting_options(tmp_path, capsys):
@@ -81,7 +94,29 @@ def test_evaluate_a_conditional_run_per_class_and_metrics_jsonl(tmp_path, extrac
     assert res["n_real"] == 18 and res["n_synthetic"] == 8 and res["step"] == 2
     assert set(res["per_class"]) == {"CXR", "MRBrain"}
     assert res["per_class"]["CXR"]["n_real"] == 9 and res["per_class"]["CXR"]["n_synthetic"] == 4
+    # FID ratio against the holdout (6 images) at equal sizes; diversity of both sets
+    ratio = res["fid_ratio"]
+    assert ratio["n_holdout"] == 6 and ratio["n"] == 8 and ratio["fid_ratio"] == pytest.approx(
+        ratio["fid_synthetic_holdout"] / ratio["fid_train_holdout"])
+    assert ratio["fid_ratio"] > 1          # a 2-step generator is far from real data
+    assert res["diversity"]["synthetic"]["kernel_size"] == 7 and "precision" in res
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["fid"] == res["fid"]
     assert np.isfinite(res["fid"]) and res["fid"] > 0
     assert torch.isfinite(torch.tensor(res["kid_mean"]))
+
+
+@pytest.mark.slow
+def test_evaluate_a_3d_run_uses_25d_features(tmp_path, extractor):
+    from medsynth.training.loop import train
+    from tests.training.conftest import tiny_config
+
+    run = tmp_path / "run3d"
+    train(tiny_config("sample:ixi", **{"data.mode": "3d", "data.image_size": [16, 16, 16], "data.spacing": [8, 8, 8],
+                                       "data.intensity.mode": "percentile", "train.batch_size": 2,
+                                       "train.steps": 2, "data.holdout_fraction": 0.25}), run, progress=False)
+    res = evaluate_run(run, n=6, extractor=extractor, bootstrap=10)
+    assert set(res["planes"]) == {"sagittal", "coronal", "axial"}
+    assert res["fid"] == pytest.approx(np.mean([p["fid"] for p in res["planes"].values()]))
+    assert res["n_synthetic"] == 6 and res["planes"]["axial"]["n_synthetic"] == 6
+    assert "fid_ratio" in res and res["diversity"]["synthetic"]["scales"] == 2

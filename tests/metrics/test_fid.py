@@ -113,7 +113,7 @@ def test_stats_npz_round_trip_and_pytorch_fid_reads_it(tmp_path):
     assert np.array_equal(got[0], mu) and np.array_equal(got[1], sigma)
     assert sorted(os.listdir(tmp_path)) == ["real_stats.npz"]
     with np.load(path) as f:
-        assert sorted(f.files) == ["mu", "sigma"] and np.array_equal(f["mu"], mu)
+        assert {"mu", "sigma"} <= set(f.files) and np.array_equal(f["mu"], mu)
     m, s = compute_statistics_of_path(str(path), None, 50, 6, "cpu")  # pytorch-fid's loader
     assert np.array_equal(m, mu) and np.array_equal(s, sigma)
     # and a file written the way pytorch-fid's save_fid_stats writes it
@@ -129,3 +129,25 @@ def test_bad_stats_are_refused(tmp_path):
         frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
     with pytest.raises(ValueError, match="expected mu"):
         save_stats(tmp_path / "y.npz", np.zeros(3), np.eye(2))
+
+
+def test_stats_of_another_extractor_or_a_newer_version_are_refused(tmp_path):
+    from medsynth.metrics.fid import STATS_VERSION, read_stats
+
+    rng = np.random.default_rng(0)
+    mu, sigma = feature_stats(rng.standard_normal((30, 2048)))
+    save_stats(tmp_path / "ours.npz", mu, sigma, n=30)
+    m, _, meta = read_stats(tmp_path / "ours.npz")
+    assert np.array_equal(m, mu) and meta["n"] == 30 and meta["origin"] == "medsynth"
+    save_stats(tmp_path / "clip.npz", mu, sigma, features_id="CLIP ViT-B/32")
+    with pytest.raises(ValueError, match="statistics of other features"):
+        read_stats(tmp_path / "clip.npz")
+    np.savez(tmp_path / "future.npz", mu=mu, sigma=sigma, medsynth_features=np.array(
+        "pytorch-fid InceptionV3 pool3 2048-d (FID weights), 8-bit input"), medsynth_stats_version=STATS_VERSION + 1)
+    with pytest.raises(ValueError, match="newer than this medsynth"):
+        read_stats(tmp_path / "future.npz")
+    np.savez(tmp_path / "small.npz", mu=mu[:64], sigma=sigma[:64, :64])
+    with pytest.raises(ValueError, match="64-d statistics"):
+        read_stats(tmp_path / "small.npz")
+    np.savez(tmp_path / "theirs.npz", mu=mu, sigma=sigma)      # pytorch-fid's own file: accepted
+    assert "pytorch-fid" in read_stats(tmp_path / "theirs.npz")[2]["origin"]
