@@ -119,6 +119,9 @@ class TrainConfig:
     checkpoint_every: int = _opt(500, "steps between checkpoints", min=1)
     keep_last: int = _opt(3, "step checkpoints kept (older ones are deleted)", min=1)
     grid_every: int = _opt(250, "steps between sample-grid images in samples/", min=1)
+    fid_every: int = _opt(0, "steps between FID evaluations during training (0: off); each one also keeps "
+                             "checkpoints/best.pt, the checkpoint with the lowest FID so far", min=0)
+    fid_samples: int = _opt(1000, "synthetic images per training-time FID (against the training split)", min=2)
 
 
 @dataclass

@@ -153,3 +153,37 @@ def test_checkpoint_of_mri_slices_records_their_geometry(tmp_path, shared_data):
     assert geo["slice_axis"] == "axial" and geo["slice_iop"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert geo["spacing"] == pytest.approx([240 / 32, 240 / 32])     # 120x90 slices at 2 mm, padded to 120x120
     assert state["intensity"]["mode"] == "percentile"
+
+
+def test_fid_hook_logs_keeps_the_best_checkpoint_and_leaves_training_unchanged(tmp_path, mednist_small):
+    import json
+
+    import numpy as np
+
+    from medsynth.metrics.features import FeatureExtractor
+    from medsynth.metrics.fid import fid_from_features
+    from medsynth.runs import prepare_run_data
+    from medsynth.sampling import load_generator
+
+    over = {"model.name": "resgan", "model.conditional": True, "train.checkpoint_every": 2}
+    hooked = tiny_config(mednist_small, **over, **{"train.fid_every": 2, "train.fid_samples": 12})
+    train(hooked, tmp_path / "hooked", progress=False)
+    train(tiny_config(mednist_small, **over), tmp_path / "plain", progress=False)
+    # the hook draws from its own random generator: the trajectory is the same with it on or off
+    _assert_same(_weights(tmp_path / "hooked/checkpoints/step_0000004.pt"),
+                 _weights(tmp_path / "plain/checkpoints/step_0000004.pt"))
+    assert not (tmp_path / "plain" / "metrics.jsonl").exists()
+    lines = [json.loads(x) for x in (tmp_path / "hooked/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [2, 4] and all(r["source"] == "training" for r in lines)
+    best = min(lines, key=lambda r: r["fid"])
+    state = load_checkpoint(tmp_path / "hooked/checkpoints/best.pt")
+    assert state["step"] == best["step"] and state["best"] == {"fid": best["fid"], "step": best["step"]}
+    # the logged number is the FID of the best checkpoint's EMA generator, recomputed independently with
+    # pytorch-fid's arithmetic: same latents (seed + 1000003), balanced labels, the training split
+    g = load_generator(tmp_path / "hooked/checkpoints/best.pt", device="cpu")
+    fake, _ = g.sample(12, seed=hooked.seed + 1000003)
+    bundle = prepare_run_data(hooked, tmp_path / "hooked")
+    ext = FeatureExtractor(device="cpu")
+    real = ext.features(bundle.prepared.batch(bundle.train_indices, bundle.mapping))
+    ref = fid_from_features(real, ext.features(fake))
+    assert best["fid"] == pytest.approx(ref, rel=1e-6) and np.isfinite(ref) and ref > 0
