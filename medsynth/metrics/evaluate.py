@@ -17,7 +17,14 @@ import numpy as np
 import torch
 
 from medsynth.metrics.diversity import ms_ssim_diversity
-from medsynth.metrics.fid import feature_stats, fid_bootstrap, fid_from_features_fast, frechet_distance, save_stats
+from medsynth.metrics.fid import (
+    feature_stats,
+    fid_bootstrap,
+    fid_from_features_fast,
+    fid_stats_features_fast,
+    frechet_distance,
+    save_stats,
+)
 from medsynth.metrics.kid import kid_from_features
 from medsynth.metrics.prdc import PRDC_K, prdc, prdc_bootstrap
 
@@ -64,18 +71,30 @@ def load_image_folder(path) -> tuple[list[torch.Tensor], list[str | None], list[
     return images, labels, skipped, dict(sizes)
 
 
-def compare_features(real: np.ndarray, synthetic: np.ndarray, *, bootstrap: int = 100, seed: int = 0) -> dict:
-    """FID (pytorch-fid's arithmetic), KID, precision/recall/density/coverage, with bootstrap intervals.
+FID_METHODS = {"fast": "singular values of the centred cross-covariance (equal to pytorch-fid's sqrtm within 1e-6)",
+               "sqrtm": "scipy sqrtm of sigma1 @ sigma2 (pytorch-fid's arithmetic, bit-identical)"}
 
-    ``bootstrap`` draws for the FID interval and the PRDC intervals (0: no intervals).
+
+def _fid(real: np.ndarray, synthetic: np.ndarray, method: str) -> float:
+    if method == "sqrtm":
+        return frechet_distance(*feature_stats(real), *feature_stats(synthetic))
+    return fid_from_features_fast(real, synthetic)
+
+
+def compare_features(real: np.ndarray, synthetic: np.ndarray, *, bootstrap: int = 100, seed: int = 0,
+                     fid_method: str = "fast") -> dict:
+    """FID, KID, precision/recall/density/coverage, with bootstrap intervals.
+
+    ``bootstrap`` draws for the FID interval and the PRDC intervals (0: no intervals). ``fid_method``:
+    "fast" (default) or "sqrtm" (pytorch-fid's exact operations; tens of seconds per FID on a CPU).
     """
     if len(real) < 2 or len(synthetic) < 2:
         raise EvaluationError(f"FID needs at least 2 images per set (real {len(real)}, synthetic {len(synthetic)})")
-    mu1, s1 = feature_stats(real)
-    mu2, s2 = feature_stats(synthetic)
+    if fid_method not in FID_METHODS:
+        raise EvaluationError(f"unknown FID method {fid_method!r}; choose {' or '.join(FID_METHODS)}")
     kid = kid_from_features(real, synthetic)
-    out = {"fid": frechet_distance(mu1, s1, mu2, s2), "kid_mean": kid.mean, "kid_std": kid.std,
-           "n_real": int(len(real)), "n_synthetic": int(len(synthetic))}
+    out = {"fid": _fid(real, synthetic, fid_method), "kid_mean": kid.mean, "kid_std": kid.std,
+           "n_real": int(len(real)), "n_synthetic": int(len(synthetic)), "fid_method": fid_method}
     if bootstrap:
         ci = fid_bootstrap(real, synthetic, draws=bootstrap, seed=seed)
         out["fid_ci"] = [ci["low"], ci["high"]]
@@ -122,31 +141,34 @@ def _diversity(images: list[torch.Tensor] | torch.Tensor, seed: int) -> dict | N
         return None
 
 
-def _compare_images(extractor, real, synthetic, *, bootstrap: int, seed: int) -> tuple[dict, np.ndarray, np.ndarray]:
+def _compare_images(extractor, real, synthetic, *, bootstrap: int, seed: int,
+                    fid_method: str = "fast") -> tuple[dict, np.ndarray, np.ndarray]:
     """Metrics of two image sets: 2D lists/tensors, or 3D volume tensors (2.5D: one result per plane)."""
     if isinstance(real, torch.Tensor) and real.dim() == 5:
         fr, fs = extractor.features_25d(real), extractor.features_25d(synthetic)
-        planes = {p: compare_features(fr[p], fs[p], bootstrap=bootstrap, seed=seed) for p in fr}
+        planes = {p: compare_features(fr[p], fs[p], bootstrap=bootstrap, seed=seed, fid_method=fid_method)
+                  for p in fr}
         head = {k: float(np.mean([planes[p][k] for p in planes])) for k in
                 ("fid", "kid_mean", "kid_std", "precision", "recall", "density", "coverage") if k in planes["axial"]}
         head.update({"n_real": int(len(real)), "n_synthetic": int(len(synthetic)), "planes": planes,
+                     "fid_method": fid_method,
                      "features": "2.5D: central sagittal, coronal and axial slice; headline = mean over planes"})
         return head, np.concatenate(list(fr.values()), 1), np.concatenate(list(fs.values()), 1)
     fr = _features_by_shape(extractor, list(real))
     fs = _features_by_shape(extractor, list(synthetic))
-    return compare_features(fr, fs, bootstrap=bootstrap, seed=seed), fr, fs
+    return compare_features(fr, fs, bootstrap=bootstrap, seed=seed, fid_method=fid_method), fr, fs
 
 
 def evaluate_folders(real, synthetic, *, save_stats_path=None, extractor=None, bootstrap: int = 100,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, fid_method: str = "fast") -> dict:
     from medsynth.metrics.features import FeatureExtractor
 
     extractor = extractor or FeatureExtractor()
     if Path(real).is_file():
-        return _evaluate_against_stats(real, synthetic, extractor, save_stats_path)
+        return _evaluate_against_stats(real, synthetic, extractor, save_stats_path, fid_method)
     r_img, _, r_skip, r_sizes = load_image_folder(real)
     s_img, _, s_skip, s_sizes = load_image_folder(synthetic)
-    result, fr, _ = _compare_images(extractor, r_img, s_img, bootstrap=bootstrap, seed=seed)
+    result, fr, _ = _compare_images(extractor, r_img, s_img, bootstrap=bootstrap, seed=seed, fid_method=fid_method)
     if save_stats_path:
         save_stats(save_stats_path, *feature_stats(fr), n=len(fr))
     result.update({"real": str(real), "synthetic": str(synthetic), "real_sizes": r_sizes, "synthetic_sizes": s_sizes,
@@ -160,7 +182,7 @@ def evaluate_folders(real, synthetic, *, save_stats_path=None, extractor=None, b
     return result
 
 
-def _evaluate_against_stats(stats_path, synthetic, extractor, save_stats_path) -> dict:
+def _evaluate_against_stats(stats_path, synthetic, extractor, save_stats_path, fid_method: str = "fast") -> dict:
     """FID of an image folder against saved real statistics (``--save-stats`` of an earlier run)."""
     from medsynth.metrics.fid import read_stats
 
@@ -174,7 +196,9 @@ def _evaluate_against_stats(stats_path, synthetic, extractor, save_stats_path) -
     s_img, _, s_skip, s_sizes = load_image_folder(synthetic)
     fs = _features_by_shape(extractor, s_img)
     n_real = meta["n"] if meta["n"] is not None else 0
-    return {"fid": frechet_distance(mu, sigma, *feature_stats(fs)), "n_real": n_real, "n_synthetic": len(fs),
+    fid = (frechet_distance(mu, sigma, *feature_stats(fs)) if fid_method == "sqrtm"
+           else fid_stats_features_fast(mu, sigma, fs))
+    return {"fid": fid, "fid_method": fid_method, "n_real": n_real, "n_synthetic": len(fs),
             "real": str(stats_path), "real_stats": meta, "synthetic": str(synthetic), "synthetic_sizes": s_sizes,
             "skipped": {"real": 0, "synthetic": len(s_skip)}, "weights": extractor.weights_source,
             "warnings": (_warnings(n_real, len(fs))[:1] if n_real else [])
@@ -182,7 +206,7 @@ def _evaluate_against_stats(stats_path, synthetic, extractor, save_stats_path) -
 
 
 def evaluate_run(run_dir, *, n: int | None = None, seed: int = 0, extractor=None, bootstrap: int = 100,
-                 generator=None, write: bool = True) -> dict:
+                 generator=None, write: bool = True, fid_method: str = "fast") -> dict:
     """The run's (EMA) generator against its training images; per class for conditional models.
 
     ``run_dir``: a run directory (its newest checkpoint) or one of its checkpoint files (e.g. best.pt).
@@ -210,7 +234,7 @@ def evaluate_run(run_dir, *, n: int | None = None, seed: int = 0, extractor=None
     extractor = extractor or FeatureExtractor()
     real = bundle.prepared.batch(train, bundle.mapping)
     fake, y = g.sample(n, seed=seed)
-    head, fr, fs = _compare_images(extractor, real, fake, bootstrap=bootstrap, seed=seed)
+    head, fr, fs = _compare_images(extractor, real, fake, bootstrap=bootstrap, seed=seed, fid_method=fid_method)
     result = {"step": int(g.state["step"]), "checkpoint": g.checkpoint.name, "checkpoint_sha256": g.checkpoint_sha256,
               "seed": seed, **head}
     result["diversity"] = {"real": _diversity(real, seed), "synthetic": _diversity(fake, seed)}
@@ -229,7 +253,7 @@ def evaluate_run(run_dir, *, n: int | None = None, seed: int = 0, extractor=None
         for k, name in enumerate(g.labels):
             a, b = fr[real_labels == k], fs[(y == k).numpy()]
             if len(a) >= 2 and len(b) >= 2:
-                per_class[name] = compare_features(a, b, bootstrap=0)
+                per_class[name] = compare_features(a, b, bootstrap=0, fid_method=fid_method)
         result["per_class"] = per_class
     result["warnings"] = warnings
     result["time"] = time.strftime("%Y-%m-%dT%H:%M:%S")

@@ -186,6 +186,18 @@ def fid_from_features_fast(features_a, features_b) -> float:
     return float(diff @ diff + (fa * fa).sum() + (fb * fb).sum() - 2.0 * _trace_sqrt_product(fa @ fb.T))
 
 
+def fid_stats_features_fast(mu, sigma, features) -> float:
+    """:func:`fid_from_features_fast` with the first set given as statistics (``mu``, ``sigma``)."""
+    b = np.asarray(features, dtype=np.float64)
+    mu = np.asarray(mu, dtype=np.float64)
+    w, v = np.linalg.eigh(np.asarray(sigma, dtype=np.float64))
+    fa = np.sqrt(np.clip(w, 0.0, None))[:, None] * v.T
+    mu_b = b.mean(axis=0)
+    fb = _cov_factor(b - mu_b)
+    diff = mu - mu_b
+    return float(diff @ diff + np.trace(sigma) + (fb * fb).sum() - 2.0 * _trace_sqrt_product(fa @ fb.T))
+
+
 def _cov_factor(centred: np.ndarray) -> np.ndarray:
     """A with A^T A = the covariance of ``centred`` (rows = samples), with min(n, d) rows."""
     n, d = centred.shape

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 
 from medsynth.metrics.evaluate import fid_ratio
-from medsynth.metrics.fid import fid_bootstrap, fid_from_features, fid_from_features_fast
+from medsynth.metrics.fid import (
+    feature_stats,
+    fid_bootstrap,
+    fid_from_features,
+    fid_from_features_fast,
+    fid_stats_features_fast,
+)
 
 
 @pytest.mark.parametrize("n1, n2, d", [(50, 40, 16), (30, 45, 64), (200, 150, 256)])
@@ -13,6 +19,7 @@ def test_fast_fid_equals_pytorch_fids_arithmetic(n1, n2, d):
     a = rng.normal(size=(n1, d)) @ rng.normal(size=(d, d)) * 0.3
     b = rng.normal(size=(n2, d)) * 1.2 + 0.4
     assert fid_from_features_fast(a, b) == pytest.approx(fid_from_features(a, b), rel=1e-6)
+    assert fid_stats_features_fast(*feature_stats(a), b) == pytest.approx(fid_from_features(a, b), rel=1e-6)
 
 
 def test_bootstrap_interval_holds_the_estimate_shrinks_with_n_and_is_seeded():
