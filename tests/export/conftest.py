@@ -45,10 +45,13 @@ def run3d(tmp_path_factory):
 
 
 def export(run, fmt, out, *extra, n=4):
-    """``medsynth export RUN --format FMT -n N --out OUT --skip-privacy-check ...`` in-process; returns out."""
+    """``medsynth export RUN --format FMT -n N --out OUT --skip-privacy-check ...`` in-process (no -n with
+    --from-samples); returns out."""
     from medsynth.cli import main
 
-    rc = main(["export", str(run), "--format", fmt, "-n", str(n), "--out", str(out), "--skip-privacy-check",
-               *map(str, extra)])
+    if "--from-samples" in extra:
+        n = None
+    rc = main(["export", str(run), "--format", fmt, *(["-n", str(n)] if n else []), "--out", str(out),
+               "--skip-privacy-check", *map(str, extra)])
     assert rc == 0
     return out
