@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.medsynth-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install tools demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,19 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/medsynth demo
 
-test: $(STAMP)
+# DICOM/NIfTI validators for the export conformance tests (Debian packages); installed only when one is
+# missing, with sudo only when not root. Without them the export tests fail under CI=1 and skip locally.
+EXPORT_TOOLS := dciodvfy dcentvfy dcmftest dcm2niix
+tools:
+	@missing=""; for t in $(EXPORT_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing dicom3tools dcmtk dcm2niix (missing:$$missing)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; \
+	  else echo "not root and no sudo: install dicom3tools dcmtk dcm2niix yourself" >&2; exit 1; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dicom3tools dcmtk dcm2niix; \
+	fi
+
+test: $(STAMP) tools
 	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
 
 lint: $(STAMP)

@@ -176,6 +176,27 @@ def _cmd_evaluate(args) -> int:
     return EXIT_OK
 
 
+def _cmd_export(args) -> int:
+    from medsynth.export import ExportError, PrivacyGateError, dumps, export_run, export_summary_text
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+    try:
+        summary = export_run(args.run, args.format, n=args.n, from_samples=args.from_samples, out=args.out,
+                             overwrite=args.overwrite, skip_privacy_check=args.skip_privacy_check,
+                             modality=args.modality, secondary_capture=args.secondary_capture, bids=args.bids,
+                             bids_suffix=args.bids_suffix, bits=args.bits, seed=args.seed, label=args.label,
+                             deterministic_uids=args.deterministic_uids, nifti_float=args.nifti_float,
+                             batch_size=args.batch_size)
+    except (ExportError, PrivacyGateError) as e:
+        raise UserError(str(e)) from None
+    if args.json:
+        print(dumps(summary))
+    else:
+        print(export_summary_text(summary))
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------------------------
 # demo
 
@@ -350,19 +371,47 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(pr)
     pr.set_defaults(func=_not_implemented("privacy", "issue #6"))
 
-    ex = sub.add_parser("export", help="write synthetic images as DICOM, NIfTI or PNG",
-                        description="Export synthetic images with their provenance as standard-conformant, "
-                                    "clearly synthetic DICOM, NIfTI or PNG files plus a manifest.csv.",
-                        formatter_class=_Formatter)
+    ex = sub.add_parser(
+        "export", help="write synthetic images as DICOM, NIfTI or PNG",
+        description="Export synthetic images with their provenance as standard-conformant, clearly synthetic "
+                    "DICOM, NIfTI or PNG files plus manifest.csv and provenance.json.\n\n"
+                    "-n N generates N samples into OUT/samples/ and privacy-checks them (medsynth privacy); "
+                    "--from-samples DIR exports a 'medsynth generate' folder that 'medsynth privacy RUN "
+                    "--synthetic DIR' has checked. Only samples that passed are exported; flagged ones are "
+                    "left out and counted. --skip-privacy-check exports them anyway and records it.\n\n"
+                    "DICOM IOD per label: --modality, else MR for 3D runs and slices of volumes, Secondary "
+                    "Capture for 2D labels naming MR/CT (e.g. MRBrain), else DX (digital X-ray). Images "
+                    "without a known pixel spacing get a nominal 1 mm (stated in provenance.json). "
+                    "See docs/export.md.",
+        formatter_class=_Formatter)
     ex.add_argument("run", metavar="RUN")
     ex.add_argument("--format", required=True, choices=["dicom", "nifti", "png"])
-    ex.add_argument("-n", type=int, metavar="N", help="generate and export N new images")
-    ex.add_argument("--from-samples", metavar="DIR", help="export images already generated into DIR")
-    ex.add_argument("--out", metavar="DIR", help="output folder (default RUN/export)")
-    ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("-n", type=int, metavar="N", help="generate, privacy-check and export N new images")
+    ex.add_argument("--from-samples", metavar="DIR", help="export images already generated into DIR "
+                                                          "(by 'medsynth generate')")
+    ex.add_argument("--out", metavar="DIR", help="output folder (default RUN/export); must be empty")
+    ex.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
     ex.add_argument("--skip-privacy-check", action="store_true",
                     help="export samples that were not checked or failed (recorded in the provenance)")
-    ex.set_defaults(func=_not_implemented("export", "issue #7"))
+    ex.add_argument("--seed", type=int, default=0, metavar="S", help="with -n: sampling seed (default 0)")
+    ex.add_argument("--label", metavar="L", help="with -n: class label to generate (default: all, balanced)")
+    ex.add_argument("--modality", choices=["DX", "MR", "SC"],
+                    help="DICOM IOD for every image instead of the rule above (SC = Secondary Capture)")
+    ex.add_argument("--secondary-capture", action="store_true",
+                    help="DICOM: write Secondary Capture (ConversionType SYN) for every image")
+    ex.add_argument("--deterministic-uids", action="store_true",
+                    help="DICOM: derive UIDs from checkpoint, seed and index (same export, same UIDs) instead "
+                         "of fresh ones")
+    ex.add_argument("--bits", type=int, default=16, choices=[8, 16], help="PNG bit depth (default 16)")
+    ex.add_argument("--bids", action="store_true",
+                    help="NIfTI: BIDS-derivative layout (dataset_description.json, JSON sidecar per image)")
+    ex.add_argument("--bids-suffix", metavar="SUFFIX",
+                    help="NIfTI with --bids: file suffix (default T1w for MR, else the modality, e.g. dx)")
+    ex.add_argument("--float", action="store_true", dest="nifti_float",
+                    help="NIfTI: float32 source units instead of rounded integers")
+    ex.add_argument("--batch-size", type=int, default=64, metavar="B", help="with -n: generation batch size")
+    _add_json(ex)
+    ex.set_defaults(func=_cmd_export)
 
     ut = sub.add_parser("utility", help="downstream classifier: real vs real+synthetic vs synthetic-only",
                         description="Train a small MONAI classifier on real, real+synthetic and synthetic-only "

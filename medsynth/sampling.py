@@ -118,26 +118,29 @@ def load_generator(path, device: str | torch.device | None = None, use_ema: bool
 
 def write_samples(loaded: LoadedGenerator, out_dir: Path, n: int, labels=None, seed: int = 0,
                   truncation: float = 1.0, batch_size: int = 64) -> Path:
-    """Generate and write 16-bit PNGs (2D) plus manifest.csv (file, index, seed, label, checkpoint hash).
+    """Generate and write 16-bit PNGs (2D) or .npy uint16 volumes (3D) plus manifest.csv (file, index,
+    seed, label, checkpoint hash).
 
-    PNG grey levels are a linear map of [-1, 1] to 0..65535; the intensity mapping back to source
-    units is in the manifest header comment and the checkpoint. Files are written under temporary
+    Grey levels are a linear map of [-1, 1] to 0..65535 (:func:`read_sample` inverts it); the
+    intensity mapping back to source units is in the checkpoint. Files are written under temporary
     names and renamed, the manifest last.
     """
     from PIL import Image
 
     from medsynth.runs import atomic_write_bytes, atomic_write_text
 
-    if len(loaded.image_shape) != 3:
-        raise ValueError("writing 3D samples is not supported by generate yet; use the Python API")
+    volumes = len(loaded.image_shape) == 4
     out_dir.mkdir(parents=True, exist_ok=True)
     images, y = loaded.sample(n, labels=labels, seed=seed, truncation=truncation, batch_size=batch_size)
     rows = []
     for i in range(n):
         arr = ((images[i, 0].numpy() + 1.0) * 32767.5).round().astype(np.uint16)
-        name = f"sample_{seed}_{i:06d}.png"
+        name = f"sample_{seed}_{i:06d}.{'npy' if volumes else 'png'}"
         buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
+        if volumes:
+            np.save(buf, arr, allow_pickle=False)
+        else:
+            Image.fromarray(arr).save(buf, format="PNG")
         atomic_write_bytes(out_dir / name, buf.getvalue())
         label = loaded.labels[int(y[i])] if y is not None else ""
         rows.append([name, i, seed, label, truncation, loaded.checkpoint_sha256])
@@ -147,3 +150,21 @@ def write_samples(loaded: LoadedGenerator, out_dir: Path, n: int, labels=None, s
     w.writerows(rows)
     atomic_write_text(out_dir / "manifest.csv", text.getvalue())
     return out_dir / "manifest.csv"
+
+
+def read_sample(path) -> np.ndarray:
+    """A file written by :func:`write_samples` back in [-1, 1] (float32; 2D from PNG, 3D from .npy)."""
+    from PIL import Image
+
+    path = Path(path)
+    if path.suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+    else:
+        with Image.open(path) as im:
+            if im.mode not in ("I;16", "I;16B", "I"):
+                raise ValueError(f"{path}: expected a 16-bit greyscale PNG written by medsynth generate, "
+                                 f"got mode {im.mode}")
+            arr = np.asarray(im)
+    if arr.dtype != np.uint16 and not (arr.dtype.kind in "iu" and arr.min() >= 0 and arr.max() <= 65535):
+        raise ValueError(f"{path}: expected 16-bit values, got {arr.dtype}")
+    return (arr.astype(np.float32) / np.float32(32767.5)) - np.float32(1.0)
