@@ -79,3 +79,20 @@ def test_planted_copies_in_ixi_volumes_are_found_and_novel_volumes_are_not(ixi_s
     assert false_flags == 0
     assert planted_min > novel_max
     assert any("only 60 holdout images" in w for w in report["warnings"])
+
+
+def test_feature_spaces_flag_copies_too(cxr_sets):
+    """A second embedding (here 8x8 average-pooled pixels, compared by centred cosine similarity) next to
+    the pixel space: copies are flagged in both, and a sample counts as memorized if either flags it."""
+    import torch.nn.functional as F
+
+    def pooled(images):
+        return F.adaptive_avg_pool2d(images, 8).flatten(1).numpy()
+
+    train, holdout, novel = cxr_sets["train"], cxr_sets["holdout"], cxr_sets["novel"]
+    syn = torch.cat([novel[:40], train[:10]])
+    report, details = check_sets(train, holdout, syn, embeddings={"pooled": pooled}, bootstrap=50, progress=False)
+    assert report["spaces"] == ["pixel", "pooled"]
+    assert details.flags["pooled"][40:].all() and details.flags["pixel"][40:].all()
+    assert np.array_equal(details.memorized, details.flags["pixel"] | details.flags["pooled"])
+    assert report["membership"]["distance"]["pooled"]["auc"] > 0.5
