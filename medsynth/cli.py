@@ -197,6 +197,54 @@ def _cmd_export(args) -> int:
     return EXIT_OK
 
 
+def _cmd_privacy(args) -> int:
+    from medsynth.metrics.features import FeatureWeightsError
+    from medsynth.privacy import PrivacyError, check_folders, check_run, filter_samples, render_text
+
+    folders = (args.real_train, args.real_holdout)
+    if args.run and any(folders):
+        raise UserError("give either RUN (optionally with --synthetic) or --real-train/--real-holdout/--synthetic")
+    if args.n is not None and args.n < 1:
+        raise UserError(f"-n must be at least 1, got {args.n}")
+    settings = {"space": args.space, "quantile": args.quantile, "max_shift": args.max_shift,
+                "pixel_size": args.pixel_size}
+    limits = {"max_memorized": args.max_memorized, "max_mia_auc": args.max_mia_auc,
+              "max_discriminator_auc": args.max_discriminator_auc}
+    try:
+        if args.run:
+            if args.n is not None and args.synthetic:
+                raise UserError("-n generates samples; it does not go with --synthetic")
+            write = args.report is None
+            report = check_run(args.run, args.synthetic, n=args.n, seed=args.seed, limits=limits, write=write,
+                               **settings)
+            if not write:
+                from medsynth.runs import atomic_write_text
+
+                atomic_write_text(args.report, json.dumps(report, indent=1) + "\n")
+        elif all(folders) and args.synthetic:
+            out = Path(args.report or "privacy.json")
+            report, _ = check_folders(args.real_train, args.real_holdout, args.synthetic, report_path=out,
+                                      figure_path=out.with_name(out.stem + "_closest_pairs.png"), limits=limits,
+                                      seed=args.seed, **settings)
+        else:
+            raise UserError("privacy needs RUN, or all three of --real-train DIR, --real-holdout DIR, --synthetic DIR")
+        filtered = filter_samples(report, args.filter) if args.filter and report["verdict"] == "pass" else None
+    except (PrivacyError, FeatureWeightsError) as e:
+        raise UserError(str(e)) from None
+    if filtered is not None:
+        report["filter"] = filtered
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(render_text(report))
+        if filtered is not None:
+            print(f"wrote {filtered['written']} samples that passed to {filtered['out']} "
+                  f"({filtered['left_out']} left out)")
+        elif args.filter:
+            print(f"--filter: nothing written to {args.filter}: the verdict is fail")
+    return EXIT_OK if report["verdict"] == "pass" else EXIT_CHECK_FAILED
+
+
 # --------------------------------------------------------------------------------------------
 # demo
 
@@ -359,17 +407,48 @@ def build_parser() -> argparse.ArgumentParser:
     _add_json(ev)
     ev.set_defaults(func=_cmd_evaluate)
 
-    pr = sub.add_parser("privacy", help="memorization and membership-inference checks",
-                        description="Check synthetic images for memorized training images and membership "
-                                    "leakage against the run's holdout; writes privacy.json and a verdict "
-                                    "(exit 1 when it fails).", formatter_class=_Formatter)
+    pr = sub.add_parser(
+        "privacy", help="memorization and membership-inference checks; a verdict and a filter before export",
+        description="Check synthetic images against real ones for memorized training images and membership "
+                    "leakage, calibrated on real images the model never saw (the holdout).\n\n"
+                    "  medsynth privacy RUN [--synthetic DIR]      the run's split; DIR from 'medsynth generate', "
+                    "or -n samples\n"
+                    "                                              generated into RUN/privacy/samples\n"
+                    "  medsynth privacy --real-train DIR --real-holdout DIR --synthetic DIR\n\n"
+                    "A synthetic image is memorized when it is more similar to a training image than the given "
+                    "quantile of holdout images are. The distance attack's ROC AUC says whether training patients "
+                    "sit closer to the synthetic set than holdout patients. Writes privacy.json (RUN/privacy.json, "
+                    "or --report) and a figure of the closest pairs. Exit 0 when the verdict is pass, 1 when it "
+                    "fails, 2 for bad input (empty or overlapping holdout, different image sizes...).",
+        formatter_class=_Formatter)
     pr.add_argument("run", nargs="?", metavar="RUN")
-    pr.add_argument("--real-train", metavar="DIR")
-    pr.add_argument("--real-holdout", metavar="DIR")
-    pr.add_argument("--synthetic", metavar="DIR")
-    pr.add_argument("--filter", metavar="DIR", help="write the samples that passed to DIR")
+    pr.add_argument("--real-train", metavar="DIR", help="folder of training images (folder mode)")
+    pr.add_argument("--real-holdout", metavar="DIR", help="folder of real images of other patients (folder mode)")
+    pr.add_argument("--synthetic", metavar="DIR", help="folder of synthetic images (with RUN: default generate -n)")
+    pr.add_argument("-n", type=int, metavar="N", help="with RUN and no --synthetic: samples to generate "
+                                                     "(default: as many as training images)")
+    pr.add_argument("--seed", type=int, default=0, metavar="S", help="sampling and bootstrap seed")
+    pr.add_argument("--space", default="pixel", choices=["pixel", "inception", "both"],
+                    help="where similarity is measured: pixel (band-passed normalised cross-correlation, shift "
+                         "searched), inception (FID features, slow on a CPU) or both (default pixel)")
+    pr.add_argument("--quantile", type=float, default=0.995, metavar="Q",
+                    help="holdout quantile that calibrates the memorization threshold (default 0.995)")
+    pr.add_argument("--max-shift", type=int, metavar="PX", help="translation searched, pixels of the comparison "
+                                                                 "grid (default 2 for 2D, 1 for 3D)")
+    pr.add_argument("--pixel-size", type=int, metavar="PX", help="comparison grid, longest side (default 64 for 2D, "
+                                                                  "32 for 3D)")
+    pr.add_argument("--max-memorized", type=float, default=0.02, metavar="F",
+                    help="fail when more than this share of samples is memorized (default 0.02)")
+    pr.add_argument("--max-mia-auc", type=float, default=0.6, metavar="A",
+                    help="fail when the distance attack's AUC exceeds this (default 0.6)")
+    pr.add_argument("--max-discriminator-auc", type=float, metavar="A",
+                    help="fail when the discriminator attack's AUC exceeds this (default: reported, not judged)")
+    pr.add_argument("--filter", metavar="DIR", help="when the verdict is pass, copy the samples that passed (not "
+                                                    "memorized) into the new folder DIR, with manifest.csv")
+    pr.add_argument("--report", metavar="FILE", help="where to write the report (default RUN/privacy.json; "
+                                                     "privacy.json in folder mode)")
     _add_json(pr)
-    pr.set_defaults(func=_not_implemented("privacy", "issue #6"))
+    pr.set_defaults(func=_cmd_privacy)
 
     ex = sub.add_parser(
         "export", help="write synthetic images as DICOM, NIfTI or PNG",

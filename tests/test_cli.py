@@ -43,7 +43,6 @@ def test_top_level_help_lists_every_command(capsys):
 
 
 @pytest.mark.parametrize("argv, issue", [
-    (["privacy", "runs/x"], "#6"),
     (["utility", "runs/x"], "#8")])
 def test_commands_of_later_issues_say_so_clearly(argv, issue, capsys):
     assert main(argv) == 2
