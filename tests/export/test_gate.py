@@ -162,3 +162,26 @@ def test_export_n_calls_check_run_on_its_staging_folder(run2d, tmp_path, monkeyp
 
     fake.check_run = broken
     assert main(["export", str(run2d), "--format", "dicom", "-n", "1", "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_export_n_with_the_real_privacy_check(run2d, tmp_path):
+    """End to end with medsynth.privacy itself: the staged samples are checked, privacy.json names them
+    with their hashes, and the export carries the check's per-file outcome (or refuses on a fail verdict)."""
+    out = tmp_path / "real_gate"
+    try:
+        rc = main(["export", str(run2d), "--format", "dicom", "-n", "6", "--seed", "2", "--out", str(out)])
+        report = json.loads((run2d / "privacy.json").read_text())
+    finally:
+        (run2d / "privacy.json").unlink(missing_ok=True)
+    assert report["schema"] == "medsynth-privacy/1" and report["synthetic_dir"] == str((out / "samples").resolve())
+    staged = sorted(p.name for p in (out / "samples").glob("sample_*"))
+    assert [s["file"] for s in report["samples"]] == staged and len(staged) == 6
+    assert all(s["sha256"] == _sha(out / "samples" / s["file"]) for s in report["samples"])
+    if report["verdict"] == "pass":
+        assert rc == 0
+        passed = [s["file"] for s in report["samples"] if s["passed"]]
+        rows = _manifest(out)
+        assert [r["sample_file"] for r in rows] == passed and {r["privacy"] for r in rows} == {"passed"}
+        assert len(list(out.rglob("*.dcm"))) == len(passed)
+    else:
+        assert rc == 2 and not list(out.rglob("*.dcm"))
