@@ -139,6 +139,13 @@ def test_demo_runs_end_to_end_on_the_bundled_sample(tmp_path):
     for label in ("CXR", "MRBrain"):
         rows = (demo / "samples" / f"demo_{label}" / "manifest.csv").read_text().splitlines()
         assert len(rows) == 17 and all(f",{label}," in r for r in rows[1:])
+    assert "FID" in out and "precision" in out and "FID ratio" in out
+    assert json.loads((demo / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
+    report = json.loads((demo / "privacy.json").read_text())
+    if report["verdict"] == "pass":
+        assert (demo / "export" / "provenance.json").is_file() and list((demo / "export").rglob("*.dcm"))
+    else:
+        assert "export skipped" in out and not (demo / "export").exists()
 
 
 def test_parser_knows_the_design_shape():
