@@ -17,16 +17,21 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/medsynth demo
 
-# DICOM/NIfTI validators for the export conformance tests (Debian packages); installed only when one is
-# missing, with sudo only when not root. Without them the export tests fail under CI=1 and skip locally.
+# DICOM/NIfTI validators for the export conformance tests and headless chromium for the report tests
+# (Debian packages); installed only when one is missing, with sudo only when not root. Without them those
+# tests fail under CI=1 and skip locally.
 EXPORT_TOOLS := dciodvfy dcentvfy dcmftest dcm2niix
+REPORT_TOOLS := chromium
 tools:
-	@missing=""; for t in $(EXPORT_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	@missing=""; pkgs=""; \
+	for t in $(EXPORT_TOOLS); do command -v $$t >/dev/null 2>&1 || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then pkgs="dicom3tools dcmtk dcm2niix"; fi; \
+	for t in $(REPORT_TOOLS); do command -v $$t >/dev/null 2>&1 || { missing="$$missing $$t"; pkgs="$${pkgs:+$$pkgs }chromium"; }; done; \
 	if [ -n "$$missing" ]; then \
-	  echo "installing dicom3tools dcmtk dcm2niix (missing:$$missing)"; \
+	  echo "installing $$pkgs (missing:$$missing)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo -n"; \
-	  else echo "not root and no sudo: install dicom3tools dcmtk dcm2niix yourself" >&2; exit 1; fi; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dicom3tools dcmtk dcm2niix; \
+	  else echo "not root and no sudo: install $$pkgs yourself" >&2; exit 1; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$pkgs; \
 	fi
 
 test: $(STAMP) tools
