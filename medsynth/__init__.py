@@ -9,4 +9,8 @@ def __getattr__(name):
         from medsynth.sampling import load_generator
 
         return load_generator
+    if name in ("SyntheticDataset", "mix", "balance"):
+        import medsynth.augment
+
+        return getattr(medsynth.augment, name)
     raise AttributeError(f"module 'medsynth' has no attribute {name!r}")
