@@ -20,17 +20,6 @@ class UserError(Exception):
     """A mistake in the command line or the input; printed without a traceback, exit status 2."""
 
 
-class NotYetImplemented(UserError):
-    pass
-
-
-def _not_implemented(command: str, issue: str):
-    def run(args) -> int:
-        raise NotYetImplemented(f"'medsynth {command}' is not implemented yet (planned in {issue}); "
-                                "the options above show what it will accept")
-    return run
-
-
 # --------------------------------------------------------------------------------------------
 # data inspect / data prepare
 
