@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.medsynth-installed
 
-.PHONY: install tools demo test lint bench clean
+.PHONY: install tools demo test lint bench docs clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
+
+# the documentation site (mkdocs.yml over docs/) into site/; --strict fails on broken links and pages missing from nav
+docs: $(STAMP)
+	$(BIN)/python -m mkdocs build --strict --site-dir site
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
