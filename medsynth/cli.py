@@ -150,7 +150,7 @@ def _cmd_evaluate(args) -> int:
             if args.save_stats:
                 raise UserError("--save-stats goes with --real/--synthetic")
             result = evaluate_run(args.run, n=args.n, seed=args.seed, bootstrap=args.bootstrap,
-                                  fid_method=args.fid_method)
+                                  fid_method=args.fid_method, n_real=args.n_real)
         elif args.real and args.synthetic:
             result = evaluate_folders(args.real, args.synthetic, save_stats_path=args.save_stats,
                                       bootstrap=args.bootstrap, seed=args.seed, fid_method=args.fid_method)
@@ -437,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--synthetic", metavar="DIR")
     ev.add_argument("-n", type=int, metavar="N", help="with RUN: synthetic images to generate (default: as many "
                                                      "as training images)")
+    ev.add_argument("--n-real", type=int, metavar="N", help="with RUN: at most N real images from the training and "
+                                                            "from the holdout split each (a seeded draw in "
+                                                            "proportion to the classes; default: all)")
     ev.add_argument("--seed", type=int, default=0, metavar="S", help="with RUN: sampling seed")
     ev.add_argument("--save-stats", metavar="NPZ", help="save the real set's feature statistics (pytorch-fid .npz); "
                                                        "pass the file as --real later to skip the real images")

@@ -205,13 +205,32 @@ def _evaluate_against_stats(stats_path, synthetic, extractor, save_stats_path, f
             + ["real set given as statistics: FID only (KID, precision/recall and diversity need the images)"]}
 
 
+def _subset(indices: np.ndarray, labels: np.ndarray, limit: int | None, seed: int) -> np.ndarray:
+    """At most ``limit`` of ``indices``, drawn with ``seed`` in proportion to their labels (all when
+    ``limit`` is None or not smaller); sorted, so the same call gives the same images."""
+    if limit is None or limit >= len(indices):
+        return indices
+    rng = np.random.default_rng(seed)
+    lab = labels[indices]
+    keep = []
+    classes, counts = np.unique(lab, return_counts=True)
+    quota = np.floor(counts * limit / len(indices)).astype(int)
+    quota[np.argsort(-(counts * limit / len(indices) - quota))[:limit - quota.sum()]] += 1
+    for c, q in zip(classes, quota):
+        members = indices[lab == c]
+        keep.append(rng.choice(members, size=int(q), replace=False))
+    return np.sort(np.concatenate(keep))
+
+
 def evaluate_run(run_dir, *, n: int | None = None, seed: int = 0, extractor=None, bootstrap: int = 100,
-                 generator=None, write: bool = True, fid_method: str = "fast") -> dict:
+                 generator=None, write: bool = True, fid_method: str = "fast", n_real: int | None = None) -> dict:
     """The run's (EMA) generator against its training images; per class for conditional models.
 
     ``run_dir``: a run directory (its newest checkpoint) or one of its checkpoint files (e.g. best.pt).
 
-    ``n`` synthetic images (default: as many as training images). The holdout split gives the FID
+    ``n`` synthetic images (default: as many as training images). ``n_real`` caps the real images
+    (training and holdout split each; a seeded draw in proportion to the classes; default all): less
+    Inception time for quick looks, at the price of noisier numbers. The holdout split gives the FID
     ratio. Appends one line to metrics.jsonl (``write``). ``generator``: an already loaded
     :class:`~medsynth.sampling.LoadedGenerator` (default: the run's newest checkpoint).
     """
@@ -229,7 +248,10 @@ def evaluate_run(run_dir, *, n: int | None = None, seed: int = 0, extractor=None
     cfg = config_from_dict(g.state["config"], source=str(g.checkpoint))
     split_path = run_dir / "split.json"
     bundle = build_dataset(cfg.data, split=Split.load(split_path) if split_path.is_file() else None)
-    train = bundle.train_indices
+    if n_real is not None and n_real < 2:
+        raise EvaluationError(f"n_real must be at least 2, got {n_real}")
+    labels = bundle.prepared.label_index
+    train = _subset(bundle.train_indices, labels, n_real, seed)
     n = int(n or len(train))
     extractor = extractor or FeatureExtractor()
     real = bundle.prepared.batch(train, bundle.mapping)
@@ -239,7 +261,7 @@ def evaluate_run(run_dir, *, n: int | None = None, seed: int = 0, extractor=None
               "seed": seed, **head}
     result["diversity"] = {"real": _diversity(real, seed), "synthetic": _diversity(fake, seed)}
     warnings = _warnings(len(real), len(fake))
-    holdout = bundle.holdout_indices
+    holdout = _subset(bundle.holdout_indices, labels, n_real, seed)
     if len(holdout) >= 2:
         hold = bundle.prepared.batch(holdout, bundle.mapping)
         fh = (np.concatenate(list(extractor.features_25d(hold).values()), 1) if hold.dim() == 5
@@ -248,7 +270,7 @@ def evaluate_run(run_dir, *, n: int | None = None, seed: int = 0, extractor=None
     else:
         warnings.append(f"the holdout split has {len(holdout)} image(s): no FID ratio (set data.holdout_fraction)")
     if g.conditional and real.dim() == 4:
-        real_labels = bundle.prepared.label_index[train]
+        real_labels = labels[train]
         per_class = {}
         for k, name in enumerate(g.labels):
             a, b = fr[real_labels == k], fs[(y == k).numpy()]

@@ -106,6 +106,26 @@ def test_evaluate_a_conditional_run_per_class_and_metrics_jsonl(tmp_path, extrac
     assert len(lines) == 1 and json.loads(lines[0])["fid"] == res["fid"]
     assert np.isfinite(res["fid"]) and res["fid"] > 0
     assert torch.isfinite(torch.tensor(res["kid_mean"]))
+    # n_real: a class-proportional subset of the training (and holdout) split, the same on every call
+    capped = evaluate_run(run, n=8, extractor=extractor, n_real=6, bootstrap=0, write=False)
+    assert capped["n_real"] == 6 and capped["per_class"]["CXR"]["n_real"] == 3
+    assert capped["fid_ratio"]["n_holdout"] == 6
+    assert evaluate_run(run, n=8, extractor=extractor, n_real=6, bootstrap=0, write=False)["fid"] == capped["fid"]
+
+
+def test_subset_keeps_class_proportions_and_is_seeded():
+    from medsynth.metrics.evaluate import _subset
+
+    idx = np.arange(100, 200)
+    labels = np.zeros(300, dtype=int)
+    labels[170:200] = 1                                      # 70 of class 0, 30 of class 1 among idx
+    sub = _subset(idx, labels, 10, seed=3)
+    assert len(sub) == 10 and (labels[sub] == 0).sum() == 7 and set(sub) <= set(idx)
+    assert np.array_equal(sub, _subset(idx, labels, 10, seed=3))
+    assert not np.array_equal(sub, _subset(idx, labels, 10, seed=4))
+    assert np.array_equal(_subset(idx, labels, None, 0), idx) and np.array_equal(_subset(idx, labels, 500, 0), idx)
+    odd = _subset(idx, labels, 7, seed=0)                     # 4.9 and 2.1: the larger remainder rounds up
+    assert len(odd) == 7 and (labels[odd] == 0).sum() == 5
 
 
 @pytest.mark.slow
