@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -110,6 +111,8 @@ def _cmd_train(args) -> int:
         cfg = resolve_config(args.config, args.overrides)
         run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     result = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
+    if os.environ.get("RANK", "0") != "0":      # torchrun: the other ranks stay quiet
+        return 130 if result.interrupted else EXIT_OK
     if result.interrupted:
         print(f"stopped at step {result.step}; checkpoint {result.checkpoint}\n"
               f"continue with: medsynth train --resume {run_dir}", file=sys.stderr)

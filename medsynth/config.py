@@ -98,6 +98,21 @@ class ModelConfig:
     latent_dim: int = _opt(64, "size of the latent vector", min=1)
     conditional: bool = _opt(False, "condition on the dataset's labels (needs at least two)")
     width: int = _opt(32, "resgan: channels at full resolution (doubling per halving, at most 256)", min=4)
+    d_regularization: str = _choice("spectral_norm", "spectral_norm", "r1",
+                                    help="resgan: how the discriminator is kept smooth: spectral normalisation of "
+                                         "every weight with the hinge loss, or an R1 gradient penalty on real "
+                                         "images (lazy, every 16 steps) with the non-saturating loss")
+    g_norm: str = _choice("batch", "batch", "pixel",
+                          help="resgan: generator normalisation: batch (batch norm, class-conditional gain and "
+                               "bias) or pixel (per-sample feature normalisation: a sample never depends on its "
+                               "batch; for per-device batches of a few volumes; more prone to mode collapse)")
+    discriminator: str = _choice("resnet", "resnet", "patch",
+                                 help="resgan: resnet (residual, projection-conditioned, global score) or patch "
+                                      "(MONAI PatchDiscriminator: a score per patch, unconditional; light for 3D)")
+    checkpointing: bool = _opt(False, "resgan: gradient checkpointing of the network blocks (less activation "
+                                      "memory for large 3D volumes, about a third more compute; the discriminator "
+                                      "is checkpointed only with d_regularization r1)")
+    r1_gamma: float = _opt(1.0, "resgan with d_regularization r1: weight of the R1 penalty", min=0.0)
 
 
 @dataclass
@@ -113,6 +128,9 @@ class TrainConfig:
     d_steps: int | None = _opt(None, "discriminator updates per generator update (default: the model's; "
                                      "dcgan 5 as in MONAI's tutorial, resgan 1)", min=1)
     device: str = _opt("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
+    precision: str = _choice("auto", "auto", "bf16", "fp32",
+                             help="bf16: bfloat16 autocast with channels-last memory; fp32: plain float32; auto: bf16 on "
+                                  "CUDA and on CPUs with native bfloat16 instructions (AVX512-BF16 or AMX), else fp32")
     compile: bool | None = _opt(None, "torch.compile the networks (the discriminator only without spectral "
                                       "norm); null = auto: on for CUDA or runs of 2000+ steps; falls back to "
                                       "eager with a warning when compilation fails")

@@ -33,16 +33,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def prepare_run_data(cfg, run_dir: Path, progress=None):
-    """Write the resolved config, build or open the tensor cache, and write or reuse split.json."""
+def prepare_run_data(cfg, run_dir: Path, progress=None, write: bool = True):
+    """Write the resolved config, build or open the tensor cache, and write or reuse split.json.
+
+    ``write=False`` (ranks other than 0 of a distributed run) only reads: the split must exist."""
     from medsynth.config import dump_config
     from medsynth.data import build_dataset
     from medsynth.data.sources import Split
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     split_path = run_dir / "split.json"
     split = Split.load(split_path) if split_path.is_file() else None
     bundle = build_dataset(cfg.data, split=split, progress=progress)
+    if not write:
+        return bundle
+    run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
     if split is None:
         bundle.split.save(split_path)

@@ -14,10 +14,14 @@ def write(tmp_path, text, name="c.yaml"):
     return p
 
 
-def test_every_shipped_config_resolves():
+def test_every_shipped_config_resolves_and_its_model_builds():
+    from medsynth.models import build_model
+
     for p in sorted((REPO / "configs").glob("*.yaml")):
         cfg = resolve_config(p)
         assert cfg.data.path, p
+        model = build_model(cfg.model, (1, *cfg.data.image_size), 2 if cfg.model.conditional else 0)
+        assert model.generator.latent_dim == cfg.model.latent_dim, p
 
 
 def test_defaults_file_and_overrides_merge(tmp_path):

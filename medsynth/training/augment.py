@@ -14,48 +14,57 @@ import torch.nn.functional as F
 KINDS = ("translation", "cutout", "intensity")
 
 
-def _rand(shape, generator, device):
-    return torch.rand(shape, generator=generator).to(device)
+def _rand(shape, generator, device, part=None):
+    """Uniform draws for a batch; with ``part = (start, total)`` the draws are made for a global batch
+    of ``total`` images and rows ``start:start + B`` returned, so that every rank of a distributed run
+    draws the same numbers (its generator stays in step) and gets its own images' share of them."""
+    if part is None:
+        return torch.rand(shape, generator=generator).to(device)
+    start, total = part
+    full = torch.rand((total, *shape[1:]), generator=generator)
+    return full[start:start + shape[0]].to(device)
 
 
-def intensity(x, generator):
+def intensity(x, generator, part=None):
     """Random brightness shift (+-0.25) and contrast scale (0.75..1.25) about each image's mean."""
     b = x.shape[0]
     view = (b,) + (1,) * (x.dim() - 1)
-    shift = (_rand(view, generator, x.device) - 0.5) * 0.5
-    scale = _rand(view, generator, x.device) * 0.5 + 0.75
+    shift = (_rand(view, generator, x.device, part) - 0.5) * 0.5
+    scale = _rand(view, generator, x.device, part) * 0.5 + 0.75
     mean = x.mean(dim=tuple(range(1, x.dim())), keepdim=True)
     return (x - mean) * scale + mean + shift
 
 
-def translation(x, generator, ratio: float = 0.125):
+def translation(x, generator, part=None, ratio: float = 0.125):
     """Shift by up to ``ratio`` of the size along each spatial axis, padding with the background (-1)."""
     spatial = x.shape[2:]
     pads = [max(1, int(s * ratio + 0.5)) for s in spatial]
     padded = F.pad(x, [p for p in reversed(pads) for _ in (0, 1)], value=-1.0)
     out = torch.empty_like(x)
-    offsets = [(_rand((x.shape[0],), generator, "cpu") * (2 * p + 1)).long() for p in pads]
+    offsets = [(_rand((x.shape[0],), generator, "cpu", part) * (2 * p + 1)).long() for p in pads]
     for i in range(x.shape[0]):
         sl = [slice(None)] + [slice(int(o[i]), int(o[i]) + s) for o, s in zip(offsets, spatial)]
         out[i] = padded[i][tuple(sl)]
     return out
 
 
-def cutout(x, generator, ratio: float = 0.5):
+def cutout(x, generator, part=None, ratio: float = 0.5):
     """Blank one random box of ``ratio`` of each side per image (to the background value -1)."""
     spatial = x.shape[2:]
     size = [max(1, int(s * ratio + 0.5)) for s in spatial]
     mask = torch.ones_like(x[:, :1])
-    starts = [(_rand((x.shape[0],), generator, "cpu") * (s - c + 1)).long() for s, c in zip(spatial, size)]
+    starts = [(_rand((x.shape[0],), generator, "cpu", part) * (s - c + 1)).long() for s, c in zip(spatial, size)]
     for i in range(x.shape[0]):
         sl = [0] + [slice(int(o[i]), int(o[i]) + c) for o, c in zip(starts, size)]
         mask[i][tuple(sl)] = 0
     return x * mask + (mask - 1)
 
 
-def augment(x, kinds, generator):
+def augment(x, kinds, generator, part=None):
+    """Apply ``kinds`` in order. ``part = (start, total)``: ``x`` is rows ``start:start + B`` of a
+    global batch of ``total`` split over ranks (see :func:`_rand`)."""
     for kind in kinds:
         if kind not in KINDS:
             raise ValueError(f"unknown augmentation {kind!r}; choose from {', '.join(KINDS)}")
-        x = {"translation": translation, "cutout": cutout, "intensity": intensity}[kind](x, generator)
+        x = {"translation": translation, "cutout": cutout, "intensity": intensity}[kind](x, generator, part)
     return x

@@ -28,8 +28,10 @@ from medsynth.config import Config, config_from_dict, dump_config, load_yaml
 from medsynth.data.cache import take_rows
 from medsynth.models import GanModel, build_model
 from medsynth.runs import append_jsonl, atomic_write_bytes, atomic_write_text, prepare_run_data
+from medsynth.training import distributed
 from medsynth.training.augment import augment
 from medsynth.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, prune, save_checkpoint
+from medsynth.training.distributed import SINGLE, Context
 
 
 class TrainingError(ValueError):
@@ -43,6 +45,8 @@ class TrainResult:
     checkpoint: Path
     images_per_second: float
     interrupted: bool = False
+    model: GanModel | None = None    # the trained networks (generator and discriminator, not the EMA)
+    ema: torch.nn.Module | None = None
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -52,6 +56,21 @@ def select_device(name: str = "auto") -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TrainingError(f"train.device={name} but no CUDA GPU is available; use train.device=auto or cpu")
     return dev
+
+
+def cpu_has_bf16() -> bool:
+    """True when this CPU runs bfloat16 matrix products natively (AVX512-BF16 or AMX), where oneDNN's
+    bf16 convolutions are 2x faster than float32; elsewhere bf16 is emulated and slower."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def select_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    return "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
 
 
 # --------------------------------------------------------------------------------------------
@@ -92,10 +111,15 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
 # losses
 
 
+R1_EVERY = 16
+
+
 def d_loss(kind: str, real_logits, fake_logits):
     if kind == "hinge":
         return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-    if kind in ("bce", "nonsaturating"):
+    if kind == "nonsaturating":      # StyleGAN's: softplus(D(fake)) + softplus(-D(real))
+        return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+    if kind == "bce":                # MONAI's tutorial: the mean of the two BCE terms
         return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
                 + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))) / 2
     raise ValueError(f"unknown loss {kind!r}")
@@ -120,15 +144,23 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 class BatchSource:
-    """Epoch-wise shuffled batches (drop_last) from the training items, resumable from its state."""
+    """Epoch-wise shuffled batches (drop_last) from the training items, resumable from its state.
 
-    def __init__(self, bundle, batch_size: int, device, generator: torch.Generator):
+    In a distributed run every rank holds the same permutation (the same seeded generator) and takes
+    its own ``batch_size`` slice of each global batch of ``batch_size * world_size`` items, like
+    PyTorch's DistributedSampler; the state is the global position, so a run can resume on another
+    number of ranks."""
+
+    def __init__(self, bundle, batch_size: int, device, generator: torch.Generator, ctx: Context = SINGLE):
         self.bundle, self.batch_size, self.device, self.gen = bundle, batch_size, device, generator
+        self.rank, self.global_batch = ctx.rank, batch_size * ctx.world_size
         idx = bundle.train_indices
         self.n = len(idx)
-        if self.n < batch_size:
+        if self.n < self.global_batch:
+            ranks = f" x {ctx.world_size} ranks" if ctx.enabled else ""
             raise TrainingError(f"the training split has {self.n} images, fewer than train.batch_size="
-                                f"{batch_size}; lower train.batch_size (e.g. train.batch_size={max(1, self.n // 2)})")
+                                f"{batch_size}{ranks}; lower train.batch_size (e.g. train.batch_size="
+                                f"{max(1, self.n // (2 * ctx.world_size))})")
         self.labels = torch.from_numpy(bundle.prepared.label_index[idx]).clamp_min(0)
         nbytes = self.n * int(np.prod(bundle.prepared.images.shape[1:])) * 4
         self.resident = nbytes <= (2 << 30)      # keep the whole training set on the device when small
@@ -139,11 +171,12 @@ class BatchSource:
         self.pos = 0
 
     def next(self):
-        if self.pos + self.batch_size > self.n:
+        if self.pos + self.global_batch > self.n:
             self.perm = torch.randperm(self.n, generator=self.gen)
             self.pos = 0
-        take = self.perm[self.pos:self.pos + self.batch_size]
-        self.pos += self.batch_size
+        start = self.pos + self.rank * self.batch_size
+        take = self.perm[start:start + self.batch_size]
+        self.pos += self.global_batch
         if self.resident:
             return take_rows(self.images, take), take_rows(self.labels, take)
         x = self.bundle.prepared.batch(self.bundle.train_indices[take.numpy()], self.bundle.mapping, self.device)
@@ -202,7 +235,8 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir / "tensorboard"))
 
 
-def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source, bundle, best) -> dict:
+def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source, bundle, best,
+                      world_size: int = 1) -> dict:
     from medsynth.data.transforms import SLICE_IOP
 
     from_volumes = any(it.get("slice") is not None for it in bundle.prepared.items)
@@ -220,7 +254,7 @@ def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source
         "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
         "rng": {"loop": gen.get_state(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "batches": source.state(), "best": best,
+        "batches": source.state(), "best": best, "world_size": world_size,
     }
 
 
@@ -247,18 +281,19 @@ def _has_spectral_norm(m: torch.nn.Module) -> bool:
     return any(parametrize.is_parametrized(sub) for sub in m.modules())
 
 
-def _compiled(G, D, model: GanModel, device, image_shape, num_classes):
+def _compiled(G, D, model: GanModel, device, image_shape, num_classes, amp: bool):
     """torch.compile G, and D unless it uses spectral norm (its in-place power iteration breaks
     compiled autograd in torch 2.14). Compiles eagerly on a dummy batch so that a failure (e.g. no
     C++ compiler on a CPU machine) falls back to eager before any real step; weights, buffers and
     RNG state are restored afterwards, so compiling never changes the run's results."""
     g_c = torch.compile(G)
-    d_c = D if _has_spectral_norm(D) else torch.compile(D)
+    # not compiled: D with spectral norm (see above), or with an R1 penalty (double backward)
+    d_c = D if (_has_spectral_norm(D) or model.r1_gamma > 0) else torch.compile(D)
     saved = (copy.deepcopy(G.state_dict()), copy.deepcopy(D.state_dict()), torch.get_rng_state())
     try:
         z = torch.zeros(2, G.latent_dim, device=device)
         y = torch.zeros(2, dtype=torch.long, device=device) if num_classes else None
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
             x = g_c(z, y)
             out = d_c(x, y).float().sum() + d_c(torch.cat([x.detach(), x.detach()]),
                                                  torch.cat([y, y]) if y is not None else None).float().sum()
@@ -322,13 +357,17 @@ class FidHook:
 
 
 class _StopFlag:
-    """First Ctrl-C: finish the current step, save a checkpoint, stop. Second Ctrl-C: abort at once."""
+    """First Ctrl-C (SIGINT) or SIGTERM (torchrun stopping its workers, Slurm preemption): finish the
+    current step, save a checkpoint, stop. A second one aborts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.requested = False
-        self._old = None
+        self._old = {}
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            for sig in self.SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame):
         if self.requested:
@@ -337,24 +376,61 @@ class _StopFlag:
         print("\nstopping after this step and saving a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
 
     def restore(self):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
-            self._old = None
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old = {}
+
+
+def _setup_device(cfg: Config, ctx: Context) -> torch.device:
+    if not ctx.enabled:
+        return select_device(cfg.train.device)
+    try:
+        return distributed.setup(ctx, cfg.train.device)
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+
+
+def _wrap_ddp(module: torch.nn.Module, device: torch.device, ctx: Context):
+    if not ctx.enabled:
+        return module
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool = False,
           progress: bool | None = None, stop_after: int | None = None) -> TrainResult:
-    """Train per ``cfg`` into ``run_dir``. ``stop_after`` ends early after that many steps (tests)."""
-    prepare_run_dir(run_dir, resume, overwrite)
-    device = select_device(cfg.train.device)
+    """Train per ``cfg`` into ``run_dir``. ``stop_after`` ends early after that many steps (tests).
+
+    Under torchrun (``WORLD_SIZE`` > 1) this is one rank of a distributed run: see
+    :mod:`medsynth.training.distributed`."""
+    ctx = distributed.context_from_env()
+    try:
+        return _train(cfg, run_dir, ctx, resume=resume, overwrite=overwrite, progress=progress, stop_after=stop_after)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite: bool, progress, stop_after):
+    main = ctx.is_main
+    device = _setup_device(cfg, ctx)
+    if main:
+        prepare_run_dir(run_dir, resume, overwrite)
     torch.manual_seed(cfg.seed)
-    bundle = prepare_run_data(cfg, run_dir, progress=progress)
+    if main:
+        bundle = prepare_run_data(cfg, run_dir, progress=progress)
+    distributed.barrier(ctx)           # rank 0 has built the tensor cache and written split.json
+    if not main:
+        bundle = prepare_run_data(cfg, run_dir, progress=False, write=False)
     num_classes = len(bundle.labels) if cfg.model.conditional else 0
     if cfg.model.conditional and num_classes < 2:
         raise TrainingError(f"model.conditional is true but the dataset has {num_classes} label(s) "
                             f"({', '.join(bundle.labels) or 'none'}); conditional models need at least two classes "
                             "(class folders or a manifest label column), or set model.conditional: false")
     image_shape = (1, *cfg.data.image_size)
+    if bundle.prepared.images.shape[1:] != image_shape[1:]:
+        raise TrainingError(f"the prepared images are {list(bundle.prepared.images.shape[1:])}, the config asks for "
+                            f"{list(image_shape[1:])}")
     try:
         model = build_model(cfg.model, image_shape, num_classes)
     except ValueError as e:
@@ -367,7 +443,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
     opt_d = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas)
     ema = copy.deepcopy(G).eval().requires_grad_(False) if model.ema else None
     gen = torch.Generator().manual_seed(cfg.seed)
-    source = BatchSource(bundle, cfg.train.batch_size, device, gen)
+    source = BatchSource(bundle, cfg.train.batch_size, device, gen, ctx)
     step, best = 0, None
     ckpt_dir = run_dir / "checkpoints"
     if resume:
@@ -384,38 +460,56 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
         opt_d.load_state_dict(state["opt_d"])
         gen.set_state(state["rng"]["loop"])
         torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"] and torch.cuda.is_available():
+        if state["rng"]["cuda"] and device.type == "cuda" and not ctx.enabled:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
         source.load_state(state["batches"])
         step, best = int(state["step"]), state.get("best")
-        print(f"resuming {run_dir} at step {step}", file=sys.stderr)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+        if main:
+            was = state.get("world_size", 1)
+            print(f"resuming {run_dir} at step {step}"
+                  + (f" (written by {was} rank(s), now {ctx.world_size})" if was != ctx.world_size else ""),
+                  file=sys.stderr)
+    if main:
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
 
-    amp = device.type == "cuda"
-    if device.type == "cuda" and len(image_shape) == 3:
-        G = G.to(memory_format=torch.channels_last)
-        D = D.to(memory_format=torch.channels_last)
-    g_step, d_step = G, D
+    precision = select_precision(cfg.train.precision, device)
+    amp = precision == "bf16"
+    if amp:   # channels-last is what oneDNN and cuDNN's bf16 convolutions run fastest on
+        fmt = torch.channels_last if len(image_shape) == 3 else torch.channels_last_3d
+        G = G.to(memory_format=fmt)
+        D = D.to(memory_format=fmt)
+        if ema is not None:
+            ema = ema.to(memory_format=fmt)
+    # auto-compile only single-process runs: compiled modules under DDP are not exercised by our tests
     use_compile = cfg.train.compile if cfg.train.compile is not None else (
-        device.type == "cuda" or cfg.train.steps >= 2000)
-    if use_compile:
-        g_step, d_step = _compiled(G, D, model, device, image_shape, num_classes)
+        (device.type == "cuda" or cfg.train.steps >= 2000) and not ctx.enabled)
+    G_run, D_run = _compiled(G, D, model, device, image_shape, num_classes, amp) if use_compile else (G, D)
+    # G and D as DistributedDataParallel modules when distributed (gradients averaged over ranks);
+    # the generator step calls the plain D, whose weights take no gradient there
+    g_step, d_step, d_frozen = _wrap_ddp(G_run, device, ctx), _wrap_ddp(D_run, device, ctx), D_run
+    if main and progress is not False:
+        print(f"training {cfg.model.name} on {device} ({precision}"
+              f"{', compiled' if G_run is not G else ''}), batch {cfg.train.batch_size}"
+              + (f" per rank x {ctx.world_size} ranks = {source.global_batch} per step (learning rates as "
+                 f"configured, not scaled: G {lr_g:g}, D {lr_d:g})" if ctx.enabled else ""), file=sys.stderr)
     # fixed latents for the grids, independent of the loop's generator
     grid_gen = torch.Generator().manual_seed(cfg.seed + 12345)
     n_grid = 16 if num_classes == 0 else max(num_classes, 4) * 4
     grid_z = torch.randn(n_grid, G.latent_dim, generator=grid_gen).to(device)
     grid_y = (torch.arange(n_grid) % num_classes).to(device) if num_classes else None
-    fid_hook = FidHook(cfg, bundle, device, num_classes) if cfg.train.fid_every else None
-    writer = _tensorboard(run_dir)
+    fid_hook = FidHook(cfg, bundle, device, num_classes) if (cfg.train.fid_every and main) else None
+    writer = _tensorboard(run_dir) if main else None
     log_path = run_dir / "train_log.jsonl"
     kinds = model.augment
     d_steps = cfg.train.d_steps if cfg.train.d_steps is not None else model.d_steps
     total = cfg.train.steps
     end = total if stop_after is None else min(total, step + stop_after)
+    b = cfg.train.batch_size
+    part = (ctx.rank * b, source.global_batch)    # this rank's rows of the global batch's random draws
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=step, desc="training", unit="step", dynamic_ncols=True, file=sys.stderr,
-               disable=(None if progress is None else not progress))
+               disable=(True if not main else None if progress is None else not progress))
     t0, seen0 = time.perf_counter(), step
     interrupted = False
     last_saved = None
@@ -424,25 +518,28 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
     def save(at_step):
         nonlocal last_saved
         path = ckpt_dir / f"step_{at_step:07d}.pt"
-        save_checkpoint(path, _checkpoint_state(cfg, model, ema, opt_g, opt_d, at_step, gen, source, bundle, best))
-        prune(ckpt_dir, cfg.train.keep_last)
+        if ctx.enabled and not distributed.same_on_all_ranks(ctx, [G, D], device):
+            raise TrainingError(f"step {at_step}: the ranks' weights differ; not writing a checkpoint")
+        if main:
+            save_checkpoint(path, _checkpoint_state(cfg, model, ema, opt_g, opt_d, at_step, gen, source, bundle, best,
+                                                    ctx.world_size))
+            prune(ckpt_dir, cfg.train.keep_last)
         last_saved = path
         return path
 
     stop = _StopFlag()
     try:
-        while step < end and not stop.requested:
+        while step < end:
             real, y = source.next()
             y = y if num_classes else None
-            b = real.shape[0]
             # generator first, as in MONAI's tutorial: its output is then reused (detached) for the
             # discriminator updates, so G runs forward once per step; D's weights need no gradient here
-            z = torch.randn(b, G.latent_dim, generator=gen).to(device)
+            z = torch.randn(source.global_batch, G.latent_dim, generator=gen)[part[0]:part[0] + b].to(device)
             D.requires_grad_(False)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 fake = g_step(z, y)
-                f_in = augment(fake, kinds, gen) if kinds else fake
-                loss_g = g_loss(model.loss, d_step(f_in, y).float())
+                f_in = augment(fake, kinds, gen, part) if kinds else fake
+                loss_g = g_loss(model.loss, d_frozen(f_in, y).float())
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
@@ -450,35 +547,51 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
             # discriminator: d_steps updates on the same real and generated batch
             fake = fake.detach()
             for _ in range(d_steps):
+                # lazy R1 (Karras et al. 2020): the penalty every R1_EVERY steps, scaled by R1_EVERY; its
+                # double backward bypasses DDP, so those steps average D's gradients by hand
+                r1 = model.r1_gamma > 0 and step % R1_EVERY == 0
+                net = D if r1 else d_step
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                    r_in = augment(real, kinds, gen) if kinds else real
-                    f_in = augment(fake, kinds, gen) if kinds else fake
-                    loss_d = d_loss(model.loss, *_d_pair(d_step, r_in, f_in, y, model.d_per_sample))
+                    r_in = augment(real, kinds, gen, part) if kinds else real
+                    f_in = augment(fake, kinds, gen, part) if kinds else fake
+                    if r1:
+                        r_in = r_in.detach().requires_grad_(True)
+                    real_logits, fake_logits = _d_pair(net, r_in, f_in, y, model.d_per_sample)
+                    loss_d = d_loss(model.loss, real_logits, fake_logits)
+                if r1:
+                    grad, = torch.autograd.grad(real_logits.sum(), r_in, create_graph=True)
+                    penalty = grad.float().pow(2).flatten(1).sum(1).mean()
+                    loss_d = loss_d + penalty * (model.r1_gamma / 2 * R1_EVERY)
                 opt_d.zero_grad(set_to_none=True)
                 loss_d.backward()
+                if r1:
+                    distributed.average_gradients(ctx, D)
                 opt_d.step()
             if ema is not None:
                 # ramp-up: with a fixed 0.999, the EMA would still hold 0.999^1000 = 37% of the initial
                 # weights after 1,000 steps; (1 + t) / (10 + t) lets it follow early training
                 update_ema(ema, G, min(model.extra.get("ema_decay", 0.999), (1 + step) / (10 + step)))
             step += 1
-            ld, lg = loss_d.detach().item(), loss_g.detach().item()
+            (ld, lg), stopping = distributed.mean_and_any(ctx, [loss_d.detach().item(), loss_g.detach().item()],
+                                                          stop.requested, device)
             if not (math.isfinite(ld) and math.isfinite(lg)):
                 raise TrainingError(f"losses became non-finite at step {step} (D {ld}, G {lg}); "
                                     "try a lower learning rate (train.lr_g / train.lr_d)")
             elapsed = time.perf_counter() - t0
-            ips = (step - seen0) * b / max(elapsed, 1e-9)
-            bar.update(1)
-            bar.set_postfix(loss_d=f"{ld:.3f}", loss_g=f"{lg:.3f}", img_s=f"{ips:.0f}", refresh=False)
-            if writer is not None:
-                writer.add_scalar("loss/d", ld, step)
-                writer.add_scalar("loss/g", lg, step)
-                writer.add_scalar("speed/images_per_s", ips, step)
-            if step % 10 == 0 or step == end:
-                with open(log_path, "a") as fh:
-                    fh.write(json.dumps({"step": step, "loss_d": ld, "loss_g": lg, "images_per_s": ips}) + "\n")
-            if step % cfg.train.grid_every == 0 or step == total:
-                save_grid(ema if ema is not None else G, grid_z, grid_y, run_dir / "samples" / f"grid_{step:07d}.png")
+            ips = (step - seen0) * source.global_batch / max(elapsed, 1e-9)
+            if main:
+                bar.update(1)
+                bar.set_postfix(loss_d=f"{ld:.3f}", loss_g=f"{lg:.3f}", img_s=f"{ips:.0f}", refresh=False)
+                if writer is not None:
+                    writer.add_scalar("loss/d", ld, step)
+                    writer.add_scalar("loss/g", lg, step)
+                    writer.add_scalar("speed/images_per_s", ips, step)
+                if step % 10 == 0 or step == end:
+                    with open(log_path, "a") as fh:
+                        fh.write(json.dumps({"step": step, "loss_d": ld, "loss_g": lg, "images_per_s": ips}) + "\n")
+                if step % cfg.train.grid_every == 0 or step == total:
+                    save_grid(ema if ema is not None else G, grid_z, grid_y,
+                              run_dir / "samples" / f"grid_{step:07d}.png")
             if fid_hook is not None and (step % cfg.train.fid_every == 0 or step == total):
                 fid = fid_hook(ema if ema is not None else G)
                 is_best = best is None or fid < best["fid"]
@@ -493,10 +606,12 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
                           file=sys.stderr)
                 if is_best:
                     save_checkpoint(ckpt_dir / "best.pt", _checkpoint_state(cfg, model, ema, opt_g, opt_d, step, gen,
-                                                                            source, bundle, best))
-            if step % cfg.train.checkpoint_every == 0 or step == end or stop.requested:
+                                                                            source, bundle, best, ctx.world_size))
+            if step % cfg.train.checkpoint_every == 0 or step == end or stopping:
                 save(step)
-        interrupted = stop.requested
+            if stopping:
+                break
+        interrupted = stopping if step > seen0 else stop.requested
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(f"out of GPU memory at train.batch_size={cfg.train.batch_size}; try "
                             f"train.batch_size={max(1, cfg.train.batch_size // 2)}") from None
@@ -506,5 +621,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
         if writer is not None:
             writer.close()
     if last_saved is None:
-        last_saved = latest_checkpoint(ckpt_dir) or save(step)
-    return TrainResult(run_dir, step, last_saved, ips, interrupted)
+        last_saved = latest_checkpoint(ckpt_dir) if main else None
+        last_saved = last_saved or save(step)
+    distributed.barrier(ctx)           # no rank leaves before rank 0 has written its checkpoint
+    return TrainResult(run_dir, step, last_saved, ips, interrupted, model, ema)

@@ -1,0 +1,116 @@
+"""Distributed training: a real 2-process gloo run started by torchrun, on real MedNIST images.
+
+The two ranks must end with identical weights; because every rank takes its slice of one global
+batch (images, latents and augmentation draws), the 2 x 4 run must also match a single process
+trained on batches of 8 (with the per-sample generator normalisation; batch norm normalises over each
+rank's own slice, as usual with DDP); and its checkpoint must resume in a single process.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from medsynth.training.checkpoint import load_checkpoint
+from medsynth.training.distributed import Context, context_from_env
+from medsynth.training.loop import BatchSource, TrainingError, train
+from tests.training.conftest import tiny_config
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def _config_file(tmp_path, data, **over) -> Path:
+    cfg = {"name": "ddp", "data": {"path": str(data), "image_size": [32, 32], "workers": 1,
+                                   "intensity": {"mode": "window", "window": [0, 255]}},
+           "model": {"name": "resgan", "conditional": True, "latent_dim": 16, "width": 8, "g_norm": "pixel"},
+           "train": {"batch_size": 4, "steps": 4, "checkpoint_every": 2, "grid_every": 1000, "precision": "fp32"}}
+    for key, value in over.items():
+        section, name = key.split(".")
+        cfg[section][name] = value
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _torchrun(tmp_path, nproc, *argv, timeout=300):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(WORKER), str(tmp_path), *map(str, argv)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=tmp_path)
+
+
+def _assert_close(a: dict, b: dict, rtol=1e-4, atol=1e-6):
+    assert a.keys() == b.keys()
+    for name in a:
+        if a[name].dtype.is_floating_point:
+            torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_train_identically_match_one_process_and_resume_alone(tmp_path, mednist_small):
+    config = _config_file(tmp_path, mednist_small)
+    run = tmp_path / "run"
+    p = _torchrun(tmp_path, 2, "train", "--config", config, "--run-dir", run)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "batch 4 per rank x 2 ranks = 8 per step" in p.stderr
+    r0, r1 = torch.load(tmp_path / "rank0.pt", weights_only=True), torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert r0["step"] == r1["step"] == 4
+    for net in ("generator", "discriminator", "ema"):          # bit-identical on both ranks
+        assert r0[net].keys() == r1[net].keys()
+        for name, t in r0[net].items():
+            assert torch.equal(t, r1[net][name]), f"{net}.{name} differs between the ranks"
+    # only rank 0 wrote: checkpoints 2 and 4, one training log
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == ["step_0000002.pt", "step_0000004.pt"]
+    state = load_checkpoint(run / "checkpoints" / "step_0000004.pt")
+    assert state["world_size"] == 2 and state["batches"]["pos"] % 8 == 0
+    _assert_close(state["generator"], r0["generator"])
+
+    # the same global batch in one process gives the same weights (up to float summation order)
+    single = train(tiny_config(mednist_small, **{"model.conditional": True, "model.g_norm": "pixel", "train.batch_size": 8,
+                                                 "train.precision": "fp32", "train.checkpoint_every": 2}),
+                   tmp_path / "single", progress=False)
+    ref = load_checkpoint(single.checkpoint)
+    for net in ("generator", "discriminator", "ema"):
+        _assert_close(ref[net], r0[net])
+
+    # resume the 2-rank run in a single process (batch 8 there = the 2 x 4 global batch)
+    env = {**os.environ}
+    env.pop("WORLD_SIZE", None)
+    q = subprocess.run([sys.executable, "-m", "medsynth", "train", "--resume", str(run), "train.steps=6"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert q.returncode == 0, q.stderr[-2000:]
+    assert "written by 2 rank(s), now 1" in q.stderr
+    resumed = load_checkpoint(run / "checkpoints" / "step_0000006.pt")
+    assert resumed["world_size"] == 1 and resumed["step"] == 6
+    # the batch order went on where the two ranks left it: two more global batches of 4
+    assert resumed["batches"]["pos"] in (state["batches"]["pos"] + 8, 8)
+
+
+def test_context_from_env():
+    assert context_from_env({}) == Context()
+    assert context_from_env({"WORLD_SIZE": "1"}) == Context()
+    ctx = context_from_env({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "MASTER_ADDR": "h", "MASTER_PORT": "1"})
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.enabled, ctx.is_main) == (3, 4, 1, True, False)
+    with pytest.raises(ValueError, match="start distributed training with torchrun"):
+        context_from_env({"WORLD_SIZE": "2"})
+
+
+def test_ranks_take_disjoint_slices_of_one_global_batch(tmp_path, mednist_small):
+    from medsynth.runs import prepare_run_data
+
+    bundle = prepare_run_data(tiny_config(mednist_small), tmp_path / "run")
+    seen = []
+    for rank in range(3):
+        src = BatchSource(bundle, 5, "cpu", torch.Generator().manual_seed(0), Context(rank, 3, rank))
+        seen.append([src.next()[0] for _ in range(4)])
+        assert src.state()["pos"] == 4 * 15
+    whole = BatchSource(bundle, 15, "cpu", torch.Generator().manual_seed(0))
+    for step in range(4):
+        assert torch.equal(torch.cat([seen[r][step] for r in range(3)]), whole.next()[0])
+    with pytest.raises(TrainingError, match="x 3 ranks"):
+        BatchSource(bundle, 40, "cpu", torch.Generator().manual_seed(0), Context(0, 3, 0))
