@@ -279,18 +279,29 @@ DEMO_CONFIG = {
     "name": "demo", "data.path": "sample:mednist", "data.image_size": [32, 32],
     "data.intensity.mode": "window", "data.intensity.window": [0, 255],
     "model.name": "resgan", "model.conditional": True, "model.latent_dim": 64, "model.width": 16,
-    "train.batch_size": 32, "train.steps": 400, "train.grid_every": 100, "train.checkpoint_every": 100,
+    "train.batch_size": 32, "train.steps": 1500, "train.grid_every": 250, "train.checkpoint_every": 500,
 }
 
 
 def _cmd_demo(args) -> int:
+    import time
+
     from medsynth.config import resolve_config
     from medsynth.data.inspect import inspect_dataset, render_text
     from medsynth.data.sources import discover
+    from medsynth.export import export_run, export_summary_text
+    from medsynth.metrics.evaluate import evaluate_run
+    from medsynth.metrics.evaluate import render_text as render_metrics
+    from medsynth.privacy import check_run
+    from medsynth.privacy import render_text as render_privacy
+    from medsynth.report import write_report
     from medsynth.sampling import load_generator, write_samples
     from medsynth.training.loop import train
 
+    if args.steps < 1 or (args.samples is not None and args.samples < 8):
+        raise UserError("--steps must be at least 1 and --samples at least 8")
     out = Path(args.out)
+    t0 = time.perf_counter()
     print("medsynth demo on the bundled real sample (MedNIST chest X-ray and brain MRI, IXI T1 volumes)",
           file=sys.stderr)
     for sample in ("sample:mednist", "sample:ixi"):
@@ -308,26 +319,35 @@ def _cmd_demo(args) -> int:
     grids = sorted((out / "samples").glob("grid_*.png"))
     print(f"samples: {out / 'samples'} (grids: {grids[-1].name if grids else 'none'}; "
           f"16 per class in {', '.join('demo_' + lab for lab in loaded.labels)})")
-    from medsynth.export import export_run, export_summary_text
-    from medsynth.metrics.evaluate import evaluate_run
-    from medsynth.metrics.evaluate import render_text as render_metrics
-    from medsynth.privacy import check_run
-    from medsynth.privacy import render_text as render_privacy
 
     print("\n== fidelity: the EMA generator against the training split (appended to metrics.jsonl) ==", flush=True)
-    print(render_metrics(evaluate_run(out, generator=loaded, bootstrap=50)))
+    print(render_metrics(evaluate_run(out, generator=loaded, bootstrap=50, n=args.samples, n_real=args.samples)))
     print("\n== privacy: memorization and membership inference against the holdout (privacy.json) ==", flush=True)
-    report = check_run(out, seed=0, progress=False)
+    report = check_run(out, n=args.samples, seed=0)
     print(render_privacy(report))
+    exported = []
     if report["verdict"] != "pass":
         print("\nexport skipped: the privacy check failed, and medsynth does not export unchecked or failed "
               "samples (see privacy.json)")
-        return EXIT_OK
-    print("\n== export: the checked samples as DICOM, marked synthetic, with manifest.csv and provenance.json ==",
-          flush=True)
-    summary = export_run(out, "dicom", from_samples=out / "privacy" / "samples", out=out / "export", overwrite=True)
-    print(export_summary_text(summary))
-    print("The downstream-utility check and the HTML report join the demo as they land (issues #8, #9).")
+    else:
+        for fmt in ("dicom", "nifti"):
+            print(f"\n== export: the checked samples as {fmt.upper()}, marked synthetic, with manifest.csv and "
+                  "provenance.json ==", flush=True)
+            summary = export_run(out, fmt, from_samples=out / "privacy" / "samples", out=out / "export" / fmt,
+                                 overwrite=True)
+            print(export_summary_text(summary))
+            exported.append(fmt)
+    print("\n== report ==", flush=True)
+    page = write_report(out)
+    minutes = (time.perf_counter() - t0) / 60
+    print(f"\ndemo finished in {minutes:.1f} min. Everything is in {out}:\n"
+          f"  report      {page}   (open it in a browser: samples next to real images, curves, metrics, "
+          "privacy, export)\n"
+          f"  samples     {out / 'samples'}\n"
+          f"  metrics     {out / 'metrics.jsonl'}\n"
+          f"  privacy     {out / 'privacy.json'}\n"
+          + "".join(f"  {fmt:<11} {out / 'export' / fmt}\n" for fmt in exported)
+          + f"  checkpoint  {result.checkpoint}")
     return EXIT_OK
 
 
@@ -588,12 +608,17 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Run medsynth end to end on the bundled real sample, offline, on a CPU: "
                                       "inspect the sample, train a small conditional resgan on chest X-rays and "
                                       "brain MRI (32x32), generate samples per class, evaluate fidelity, check "
-                                      "privacy against the holdout and export the checked samples as DICOM.",
+                                      "privacy against the holdout, export the checked samples as DICOM and NIfTI "
+                                      "and write the run report (RUN/report.html). About 5-8 minutes on 2 CPU "
+                                      "cores.",
                           formatter_class=_Formatter)
     demo.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory (default runs/demo)")
     demo.add_argument("--workers", type=int, default=0, metavar="N", help="reader processes (0: auto)")
     demo.add_argument("--steps", type=int, default=DEMO_CONFIG["train.steps"], metavar="N",
                       help=f"training steps (default {DEMO_CONFIG['train.steps']})")
+    demo.add_argument("--samples", type=int, metavar="N",
+                      help="synthetic images to evaluate, privacy-check and export, and at most N real images per "
+                           "split in the evaluation (default: as many as training images, 480)")
     demo.set_defaults(func=_cmd_demo)
     return p
 

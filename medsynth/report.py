@@ -602,24 +602,28 @@ def _conformance(export_dir: Path, rows: list[dict]) -> str:
     return "".join(body)
 
 
-def section_export(run: _Run) -> Section:
-    title = SECTIONS["export"]
-    export_dir = run.dir / "export"
-    how = (_cmd("medsynth", "export", run.dir, "--format", "dicom", "--from-samples", run.dir / "privacy" / "samples")
-           + " (after " + _cmd("medsynth", "privacy", run.dir) + "), or " + _cmd("medsynth", "export", run.dir,
-                                                                                  "--format", "dicom", "-n", "100"))
+def _export_dirs(run_dir: Path) -> list[Path]:
+    """``RUN/export`` when it holds an export, else its sub-folders that do (e.g. export/dicom and
+    export/nifti, as the demo writes them)."""
+    root = run_dir / "export"
+    if (root / "provenance.json").is_file():
+        return [root]
+    return sorted(p for p in root.glob("*/") if (p / "provenance.json").is_file()) if root.is_dir() else []
+
+
+def _one_export(run: _Run, export_dir: Path) -> str | None:
     prov = _read_json(export_dir / "provenance.json")
     manifest = export_dir / "manifest.csv"
     if prov is None or not manifest.is_file():
-        note = f"no complete export in {export_dir} (provenance.json and manifest.csv)"
-        return Section("export", title, _missing(esc(note), how), False, note)
+        return None
     with open(manifest, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     priv = prov.get("privacy") or {}
     counts = priv.get("counts") or {}
     gate = ("SKIPPED (--skip-privacy-check)" if priv.get("skip_privacy_check")
             else f"verdict {priv.get('verdict', '?')}")
-    parts = [f"<p>{_num(prov.get('files', len(rows)))} {esc(prov.get('format', '?'))} file(s) from "
+    parts = [f"<h3>{esc(prov.get('format', '?'))} in {esc(export_dir.name)}/</h3>"
+             f"<p>{_num(prov.get('files', len(rows)))} {esc(prov.get('format', '?'))} file(s) from "
              f"{_num(prov.get('samples'))} sample(s), exported {esc(prov.get('exported_at', '?'))} by medsynth "
              f"{esc(prov.get('medsynth_version', '?'))} from step {_num(prov.get('training_step'))}.</p>",
              _kv([("format", _counts(rows, "format")), ("modality", _counts(rows, "modality")),
@@ -631,7 +635,21 @@ def section_export(run: _Run) -> Section:
                   ("folder", esc(export_dir))])]
     if run.generator is not None and prov.get("checkpoint_sha256") not in (None, run.generator.checkpoint_sha256):
         parts.append("<p class=warn>This export is of an older checkpoint than the newest one.</p>")
-    parts.append(_conformance(export_dir, rows))
+    if any(r.get("format") == "dicom" for r in rows):
+        parts.append(_conformance(export_dir, rows))
+    return "".join(parts)
+
+
+def section_export(run: _Run) -> Section:
+    title = SECTIONS["export"]
+    export_dir = run.dir / "export"
+    how = (_cmd("medsynth", "export", run.dir, "--format", "dicom", "--from-samples", run.dir / "privacy" / "samples")
+           + " (after " + _cmd("medsynth", "privacy", run.dir) + "), or " + _cmd("medsynth", "export", run.dir,
+                                                                                  "--format", "dicom", "-n", "100"))
+    parts = [html for html in (_one_export(run, d) for d in _export_dirs(run.dir)) if html]
+    if not parts:
+        note = f"no complete export in {export_dir} (provenance.json and manifest.csv)"
+        return Section("export", title, _missing(esc(note), how), False, note)
     return Section("export", title, "".join(parts), True)
 
 
