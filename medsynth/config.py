@@ -129,8 +129,9 @@ class TrainConfig:
                                      "dcgan 5 as in MONAI's tutorial, resgan 1)", min=1)
     device: str = _opt("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     precision: str = _choice("auto", "auto", "bf16", "fp32",
-                             help="bf16: bfloat16 autocast with channels-last memory; fp32: plain float32; auto: bf16 on "
-                                  "CUDA and on CPUs with native bfloat16 instructions (AVX512-BF16 or AMX), else fp32")
+                             help="bf16: bfloat16 autocast with channels-last memory; fp32: plain float32; auto: bf16 "
+                                  "on CUDA and on CPUs with native bfloat16 instructions (AVX512-BF16 or AMX), "
+                                  "else fp32")
     compile: bool | None = _opt(None, "torch.compile the networks (the discriminator only without spectral "
                                       "norm); null = auto: on for CUDA or runs of 2000+ steps; falls back to "
                                       "eager with a warning when compilation fails")

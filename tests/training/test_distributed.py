@@ -48,7 +48,7 @@ def _assert_close(a: dict, b: dict, rtol=1e-4, atol=1e-6):
     assert a.keys() == b.keys()
     for name in a:
         if a[name].dtype.is_floating_point:
-            torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+            torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m, k=name: f"{k}: {m}")
 
 
 @pytest.mark.slow
