@@ -124,15 +124,36 @@ def _cmd_train(args) -> int:
 
 def _cmd_generate(args) -> int:
     from medsynth.sampling import load_generator, write_samples
+    from medsynth.zoo import ZooError, available, model_path, summary
 
+    if args.list_models:
+        names = available()
+        for name in names:
+            print(f"{name:28s} {summary(name)}")
+        if not names:
+            print("no models shipped with this installation")
+        return EXIT_OK
+    if (args.source is None) == (args.model is None):
+        raise UserError("generate needs RUN_OR_CHECKPOINT or --model NAME (one of them)")
+    if args.n is None:
+        raise UserError("generate needs -n N (the number of images)")
     if args.n < 1:
         raise UserError(f"-n must be at least 1, got {args.n}")
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
-    loaded = load_generator(args.source)
-    src = Path(args.source)
-    run_dir = src if src.is_dir() else loaded.checkpoint.parent.parent
-    out = Path(args.out) if args.out else run_dir / "samples" / f"generated_seed{args.seed}"
+    if args.model is not None:
+        try:
+            src = model_path(args.model)
+        except ZooError as e:
+            raise UserError(str(e)) from None
+        default_out = Path(f"{args.model}_seed{args.seed}")
+    else:
+        src = Path(args.source)
+    loaded = load_generator(src)
+    if args.model is None:
+        run_dir = src if src.is_dir() else loaded.checkpoint.parent.parent
+        default_out = run_dir / "samples" / f"generated_seed{args.seed}"
+    out = Path(args.out) if args.out else default_out
     try:
         manifest = write_samples(loaded, out, args.n, labels=args.label, seed=args.seed,
                                  truncation=args.truncation, batch_size=args.batch_size)
@@ -433,17 +454,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     tr.set_defaults(func=_cmd_train)
 
-    gen = sub.add_parser("generate", help="sample synthetic images from a run or checkpoint",
+    gen = sub.add_parser("generate", help="sample synthetic images from a run, a checkpoint or a shipped model",
                          description="Sample images from a trained generator and write them with a manifest "
-                                     "(seed, label, checkpoint hash per image). Same seed, same images.",
+                                     "(seed, label, checkpoint hash per image). Same seed, same images. The "
+                                     "generator is a run directory (its newest checkpoint), a checkpoint file, or "
+                                     "--model NAME, one of the generators shipped with medsynth (--list-models; "
+                                     "each has a model card in medsynth/zoo/NAME.md).",
                          formatter_class=_Formatter)
-    gen.add_argument("source", metavar="RUN_OR_CHECKPOINT")
-    gen.add_argument("-n", type=int, required=True, metavar="N", help="number of images")
+    gen.add_argument("source", nargs="?", metavar="RUN_OR_CHECKPOINT")
+    gen.add_argument("--model", metavar="NAME", help="a generator shipped with medsynth instead of a run")
+    gen.add_argument("--list-models", action="store_true", help="list the shipped generators and exit")
+    gen.add_argument("-n", type=int, metavar="N", help="number of images")
     gen.add_argument("--label", metavar="L", help="class label to generate (conditional models)")
     gen.add_argument("--seed", type=int, default=0, metavar="S")
     gen.add_argument("--batch-size", type=int, default=64, metavar="B")
     gen.add_argument("--truncation", type=float, default=1.0, metavar="PSI", help="latent truncation (1: none)")
-    gen.add_argument("--out", metavar="DIR", help="output folder (default RUN/samples/generated)")
+    gen.add_argument("--out", metavar="DIR", help="output folder (default RUN/samples/generated_seed<S>, or "
+                                                  "NAME_seed<S> with --model)")
     gen.set_defaults(func=_cmd_generate)
 
     ev = sub.add_parser("evaluate", help="fidelity: FID (pytorch-fid's, offline), KID, precision/recall, diversity",

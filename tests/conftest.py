@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,17 @@ IXI = SHARED_DATA / "ixi_t1"
 def shared_data() -> Path:
     assert MEDNIST.is_dir() and IXI.is_dir(), f"real test data missing: expected {SHARED_DATA}"
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def mednist_small(tmp_path_factory, shared_data):
+    """48 real MedNIST images each of CXR and MRBrain (class folders)."""
+    root = tmp_path_factory.mktemp("mednist_small")
+    for lab in ("CXR", "MRBrain"):
+        (root / lab).mkdir()
+        for f in sorted((MEDNIST / lab).iterdir())[:48]:
+            shutil.copy(f, root / lab / f.name)
+    return root
 
 
 @pytest.fixture(autouse=True)

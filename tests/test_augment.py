@@ -17,11 +17,11 @@ from medsynth.augment import PrivacyCheckMissing, SyntheticDataset, balance, ite
 from medsynth.sampling import load_generator, read_sample, write_samples
 from medsynth.training.loop import train
 from tests.conftest import MEDNIST
-from tests.training.conftest import mednist_small, tiny_config  # noqa: F401  (fixture)
+from tests.training.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, mednist_small):  # noqa: F811
+def run(tmp_path_factory, mednist_small):
     """A conditional resgan, 4 steps at 32x32, on 48 real CXR and 48 real MRBrain images."""
     out = tmp_path_factory.mktemp("runs") / "cond"
     train(tiny_config(mednist_small, **{"model.conditional": True}), out, progress=False)
@@ -350,7 +350,7 @@ def test_mix_with_length_rounding_and_determinism(run, real_items):
         mix(real_items, syn, 0.2, length=100)
 
 
-def test_mix_in_a_dataloader_with_medsynth_and_monai_pipelines(run, mednist_small):  # noqa: F811
+def test_mix_in_a_dataloader_with_medsynth_and_monai_pipelines(run, mednist_small):
     from monai.data import CacheDataset, DataLoader, Dataset
     from monai.transforms import Compose, EnsureTyped, LoadImaged, Resized, ScaleIntensityRanged
 
@@ -386,7 +386,7 @@ def test_mix_gives_synthetic_items_the_form_of_tuple_datasets(run, real_items):
 # balance
 
 
-def _monai_imbalanced(mednist_small, n_cxr, n_mr):  # noqa: F811
+def _monai_imbalanced(mednist_small, n_cxr, n_mr):
     from monai.data import Dataset
     from monai.transforms import Compose, LoadImaged, Resized, ScaleIntensityRanged
 
@@ -397,7 +397,7 @@ def _monai_imbalanced(mednist_small, n_cxr, n_mr):  # noqa: F811
                                    ScaleIntensityRanged(keys="image", a_min=0, a_max=255, b_min=-1, b_max=1)]))
 
 
-def test_balance_reaches_the_target_counts_exactly(run, mednist_small):  # noqa: F811
+def test_balance_reaches_the_target_counts_exactly(run, mednist_small):
     real = _monai_imbalanced(mednist_small, 20, 5)
     b = balance(real, run, "equal", seed=0, device="cpu")
     assert len(b) == 40 and b.counts_real == {"CXR": 20, "MRBrain": 5} and b.counts == {"CXR": 20, "MRBrain": 20}
@@ -430,7 +430,7 @@ def test_balance_from_labels_and_integer_labels_in_another_order(run, real_items
     assert [int(b[i][1]) for i in range(6, 16)] == [1 - k for k in b.synthetic.label_index.tolist()]
 
 
-def test_balance_and_labels_need_a_conditional_generator(tmp_path, mednist_small):  # noqa: F811
+def test_balance_and_labels_need_a_conditional_generator(tmp_path, mednist_small):
     uncond = tmp_path / "uncond"
     train(tiny_config(mednist_small, **{"train.steps": 1}), uncond, progress=False)
     ds = SyntheticDataset(uncond, length=3, device="cpu")

@@ -13,13 +13,13 @@ from PIL import Image
 import medsynth
 from medsynth.training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from medsynth.training.loop import train
-from tests.training.conftest import mednist_small, tiny_config  # noqa: F401  (fixture)
+from tests.training.conftest import tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def conditional_run(tmp_path_factory, mednist_small):  # noqa: F811
+def conditional_run(tmp_path_factory, mednist_small):
     run = tmp_path_factory.mktemp("runs") / "cond"
     train(tiny_config(mednist_small, **{"model.name": "resgan", "model.conditional": True, "train.steps": 3}),
           run, progress=False)

@@ -13,11 +13,11 @@ from medsynth.data.sources import Split
 from medsynth.training.loop import train
 from medsynth.utility import UtilityError, macro_auc, seed_summary, stratified_subset, utility_run
 from tests.test_cli import run as cli
-from tests.training.conftest import mednist_small, tiny_config  # noqa: F401  (fixture)
+from tests.training.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, mednist_small):  # noqa: F811
+def run(tmp_path_factory, mednist_small):
     """A conditional resgan trained 4 steps at 32x32 on 48 real CXR and 48 real MRBrain images: its samples are
     far from real images, its real split is not."""
     out = tmp_path_factory.mktemp("runs") / "cond"
@@ -122,7 +122,7 @@ def test_same_settings_same_numbers(run):
 
 
 @pytest.fixture(scope="module")
-def uncond_run(tmp_path_factory, mednist_small):  # noqa: F811
+def uncond_run(tmp_path_factory, mednist_small):
     out = tmp_path_factory.mktemp("runs") / "uncond"
     train(tiny_config(mednist_small, **{"train.steps": 1}), out, progress=False)
     return out

@@ -7,11 +7,11 @@ import shutil
 import pytest
 
 from medsynth.training.loop import train
-from tests.training.conftest import mednist_small, tiny_config  # noqa: F401  (fixture)
+from tests.training.conftest import tiny_config
 
 
 @pytest.fixture(scope="session")
-def run2d(tmp_path_factory, mednist_small):  # noqa: F811
+def run2d(tmp_path_factory, mednist_small):
     """Conditional on MedNIST CXR and MRBrain JPEGs (no spacing, no orientation): DX and SC (MR)."""
     run = tmp_path_factory.mktemp("runs") / "xray"
     train(tiny_config(mednist_small, **{"model.conditional": True, "train.steps": 2}), run, progress=False)

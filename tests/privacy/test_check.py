@@ -15,11 +15,11 @@ from medsynth.cli import main
 from medsynth.privacy import PrivacyError, check_run, filter_samples
 from medsynth.training.checkpoint import file_sha256, latest_checkpoint
 from tests.conftest import MEDNIST
-from tests.training.conftest import mednist_small, tiny_config  # noqa: F401  (fixture)
+from tests.training.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, mednist_small):  # noqa: F811
+def tiny_run(tmp_path_factory, mednist_small):
     from medsynth.training.loop import train
 
     run = tmp_path_factory.mktemp("runs") / "r"

@@ -1,19 +1,4 @@
-import shutil
-
-import pytest
-
-from tests.conftest import MEDNIST
-
-
-@pytest.fixture(scope="session")
-def mednist_small(tmp_path_factory, shared_data):
-    """48 real MedNIST images each of CXR and MRBrain (class folders)."""
-    root = tmp_path_factory.mktemp("mednist_small")
-    for lab in ("CXR", "MRBrain"):
-        (root / lab).mkdir()
-        for f in sorted((MEDNIST / lab).iterdir())[:48]:
-            shutil.copy(f, root / lab / f.name)
-    return root
+"""Helpers for the training tests (the mednist_small fixture lives in tests/conftest.py)."""
 
 
 def tiny_config(data_path, **over):
