@@ -83,3 +83,23 @@ def test_every_shipped_model_loads_samples_and_has_a_card(name, tmp_path):
                         str(tmp_path / "g")], capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert len((tmp_path / "g" / "manifest.csv").read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_package_a_run_with_its_model_card(tiny_run, tmp_path):
+    from medsynth.metrics.evaluate import evaluate_run
+    from medsynth.metrics.features import FeatureExtractor
+    from medsynth.privacy import check_run
+
+    ev = evaluate_run(tiny_run, n=8, n_real=8, bootstrap=0, extractor=FeatureExtractor(device="cpu",
+                                                                                       allow_download=False))
+    report = check_run(tiny_run, n=16, seed=0, progress=False)
+    assert zoo._main([str(tiny_run), "tiny", "--out", str(tmp_path), "--title", "Tiny", "--summary", "One line.",
+                      "--data", "MedNIST", "--licence", "CC BY-SA 4.0", "--hardware", "2 CPU cores"]) == 0
+    card = (tmp_path / "tiny.md").read_text()
+    for heading in CARD_MUST_SAY:
+        assert f"## {heading}" in card or heading in card
+    assert f"| FID | {ev['fid']:.1f} |" in card and f"{ev['fid_ratio']['fid_ratio']:.2f}" in card
+    assert f"verdict **{report['verdict']}** on 16 samples" in card
+    assert "4 steps of batch 8 (32 images seen)" in card and "conditional on CXR, MRBrain" in card
+    assert load_checkpoint(tmp_path / "tiny.pt")["ema"] is not None

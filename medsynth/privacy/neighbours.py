@@ -132,8 +132,9 @@ def knn(query, ref, k: int = 1, *, metric: str = "euclidean", block: int = DEFAU
     kc = min(r.shape[0], k + max(0, int(extra)))
     rsq32 = rsq.float()
     # argmax of 2 q.r - |r|^2 is argmin of |q - r|^2 (|q|^2 is the same for every r)
-    score, cand = _blocked_topk(qc, rc, kc, True,
-                                lambda a, b, s: 2.0 * (a @ b.T).float() - rsq32[s:s + b.shape[0]].to(a.device),
+    neg_rsq = -rsq32
+    score, cand = _blocked_topk(qc, rc, kc, True,      # one fused product: 2 q.r - |r|^2, no temporaries
+                                lambda a, b, s: torch.addmm(neg_rsq[s:s + b.shape[0]].to(a.device), a, b.T, alpha=2.0),
                                 block, dev)
     # worst-case rounding of a D-term float32 dot product (times 2), and of |r|^2 rounded to float32
     rmax = float(rsq.max().sqrt())

@@ -1,0 +1,5 @@
+import sys
+
+from medsynth.zoo import _main
+
+sys.exit(_main())
