@@ -57,6 +57,11 @@ def prepare_record(record, cfg: DataConfig) -> list[Item]:
     """Read one record and return its preprocessed items; raises UnreadableFile to skip it."""
     array, meta = read_record(record, cfg)   # the readers refuse NaN/Inf, so arrays here are finite
     is_volume = array.ndim == 3 and array.shape[2] > 1 and meta.affine is not None
+    if is_volume and "affine has shear" in meta.notes:
+        # MONAI's Orientation/Spacing keep the file's (non-orthogonal) axes, so the volume would be
+        # trained and exported as if it were on an orthogonal grid: wrong geometry, silently
+        raise UnreadableFile(record.files[0], "affine has shear (non-orthogonal voxel axes); resample it to an "
+                                              "orthogonal grid first (e.g. FSL flirt -applyxfm or ANTs)")
     if cfg.mode == "3d":
         if not is_volume:
             raise UnreadableFile(record.files[0], "2D image in a 3d-mode dataset (data.mode: 3d needs volumes)")

@@ -95,6 +95,24 @@ def test_2d_image_in_3d_mode_is_a_clear_skip(shared_data):
         prepare_record(_record(f), DataConfig(path=str(f.parent), mode="3d", image_size=[8, 8, 8]))
 
 
+@pytest.mark.parametrize("mode", ["3d", "2d"])
+def test_sheared_volume_is_refused_with_a_reason(tmp_path, mode):
+    """A real IXI volume with a shear in its affine: refused (a counted skip), never resampled as if orthogonal."""
+    img = nib.load(IXI_FILE)
+    shear = np.eye(4)
+    shear[0, 1] = 0.3
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), shear @ img.affine), tmp_path / "sheared.nii.gz")
+    size = [16, 16, 16] if mode == "3d" else [16, 16]
+    with pytest.raises(UnreadableFile, match="affine has shear"):
+        prepare_record(_record(tmp_path / "sheared.nii.gz"), DataConfig(path=str(tmp_path), mode=mode, image_size=size))
+    # an oblique but orthogonal affine (a rotation) is fine
+    c, s_ = np.cos(0.3), np.sin(0.3)
+    rot = np.array([[c, -s_, 0, 0], [s_, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), rot @ img.affine), tmp_path / "rotated.nii.gz")
+    assert prepare_record(_record(tmp_path / "rotated.nii.gz"), DataConfig(path=str(tmp_path), mode=mode,
+                                                                           image_size=size))
+
+
 def test_nan_volume_is_skipped(tmp_path):
     arr = np.ones((8, 8, 8), np.float32)
     arr[1, 2, 3] = np.nan
