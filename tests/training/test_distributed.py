@@ -114,3 +114,55 @@ def test_ranks_take_disjoint_slices_of_one_global_batch(tmp_path, mednist_small)
         assert torch.equal(torch.cat([seen[r][step] for r in range(3)]), whole.next()[0])
     with pytest.raises(TrainingError, match="x 3 ranks"):
         BatchSource(bundle, 40, "cpu", torch.Generator().manual_seed(0), Context(0, 3, 0))
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int | None:
+    """The pid of torchrun's worker with RANK=rank (from /proc), or None while it is not started."""
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            if int((p / "stat").read_text().split(")")[1].split()[1]) != launcher_pid:
+                continue
+            env = dict(kv.split("=", 1) for kv in (p / "environ").read_bytes().decode(errors="replace").split("\0")
+                       if "=" in kv)
+        except (OSError, IndexError, ValueError):
+            continue
+        if env.get("RANK") == str(rank):
+            return int(p.name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc to find the ranks")
+def test_a_rank_that_dies_stops_the_job_and_the_last_checkpoint_resumes(tmp_path, mednist_small):
+    import signal
+    import time
+
+    config = _config_file(tmp_path, mednist_small, **{"train.steps": 100000})
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "medsynth", "train", "--config", str(config), "--run-dir", str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        deadline = time.time() + 240
+        while not list((run / "checkpoints").glob("step_0000006.pt")) and time.time() < deadline:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.2)
+        victim = _rank_pid(proc.pid, 1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)                 # rank 1 dies without a word
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0                          # torchrun stopped the job and says it failed
+    ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
+    last = load_checkpoint(ckpts[-1])                     # intact: written atomically
+    assert last["step"] >= 6 and last["step"] % 2 == 0
+    q = subprocess.run([sys.executable, "-m", "medsynth", "train", "--resume", str(run),
+                        f"train.steps={last['step'] + 2}"], capture_output=True, text=True, timeout=300, env=env)
+    assert q.returncode == 0, q.stderr[-2000:]
+    assert load_checkpoint(sorted((run / "checkpoints").glob("step_*.pt"))[-1])["step"] == last["step"] + 2
