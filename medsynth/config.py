@@ -121,8 +121,8 @@ class TrainConfig:
 
     batch_size: int = _opt(64, "images per step", min=1)
     steps: int = _opt(1000, "optimisation steps (each: one discriminator and one generator update)", min=1)
-    lr_g: float | None = _opt(None, "generator learning rate (default: the model's, 2e-4)", min=0.0)
-    lr_d: float | None = _opt(None, "discriminator learning rate (default: the model's, 2e-4)", min=0.0)
+    lr_g: float | None = _opt(None, "generator learning rate (default: the model's; dcgan 2e-4, resgan 5e-5)", min=0.0)
+    lr_d: float | None = _opt(None, "discriminator learning rate (default: the model's, 2e-4 for both)", min=0.0)
     betas: list[float] | None = _opt(None, "Adam betas (default: the model's; dcgan [0.5, 0.999], "
                                            "resgan [0.0, 0.99])")
     d_steps: int | None = _opt(None, "discriminator updates per generator update (default: the model's; "
