@@ -69,6 +69,12 @@ def test_generate_bad_input(own_zoo, argv, message, capsys):
     assert message in err and "Traceback" not in err
 
 
+def test_at_least_one_model_ships():
+    assert "mednist64-conditional" in zoo.available()
+    g = load_generator(zoo.model_path("mednist64-conditional"), device="cpu")
+    assert g.labels == ["CTAbd", "CTChest", "CTHead", "CXR", "MRBrain", "MRBreast"] and g.image_shape == (1, 64, 64)
+
+
 @pytest.mark.parametrize("name", zoo.available())
 def test_every_shipped_model_loads_samples_and_has_a_card(name, tmp_path):
     g = load_generator(zoo.model_path(name), device="cpu")
