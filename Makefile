@@ -35,7 +35,7 @@ tools:
 	fi
 
 test: $(STAMP) tools
-	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider
+	$(BIN)/python -m pytest -n 2 -q -p no:cacheprovider --durations=25
 
 lint: $(STAMP)
 	$(BIN)/python -m pip install --quiet ruff && $(BIN)/ruff check medsynth tests benchmarks
