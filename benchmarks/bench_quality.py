@@ -41,21 +41,24 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-quality"), help="where the two runs are kept")
     ap.add_argument("--models", default="dcgan,resgan")
     ap.add_argument("--json")
+    ap.add_argument("--tag", default="", help="suffix of the run folders (for variants)")
+    ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                    help="config overrides for every model, e.g. model.d_regularization=r1 (resgan only)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "steps": args.steps,
               "samples": args.samples, "models": {}}
     for name in args.models.split(","):
-        run = out / name
+        run = out / (name + args.tag)
         t = time.perf_counter()
         p = medsynth("train", "--config", CONFIGS[name], "--run-dir", run, "--overwrite", f"train.steps={args.steps}",
-                     f"train.checkpoint_every={args.steps}")
+                     f"train.checkpoint_every={args.steps}", *args.overrides)
         train_s = time.perf_counter() - t
         ips = float(re.search(r"\(([\d.]+) images/s\)", p.stdout).group(1))
         t = time.perf_counter()
         ev = json.loads(medsynth("evaluate", run, "-n", args.samples, "--fid-method", "sqrtm", "--json").stdout)
-        row = {"config": str(CONFIGS[name].relative_to(REPO)), "images_seen": args.steps * 64, "train_seconds": train_s,
+        row = {"config": str(CONFIGS[name].relative_to(REPO)), "overrides": args.overrides, "images_seen": args.steps * 64, "train_seconds": train_s,
                "images_per_s": ips, "evaluate_seconds": time.perf_counter() - t, "fid": ev["fid"],
                "fid_ci": ev.get("fid_ci"), "kid": [ev["kid_mean"], ev["kid_std"]], "precision": ev.get("precision"),
                "recall": ev.get("recall"), "density": ev.get("density"), "coverage": ev.get("coverage"),
