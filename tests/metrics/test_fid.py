@@ -55,6 +55,24 @@ def test_frechet_distance_is_pytorch_fids(n, d):
         assert fid_from_features(a, b) == _ours(*s)
 
 
+def test_frechet_distance_equals_the_closed_form_for_known_gaussians():
+    """Fréchet distance of N(m1, S1) and N(m2, S2) is |m1 - m2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+    With S1 = I and S2 = Q diag(lam) Q^T (Q a random rotation) the square root is S2^(1/2), so the value
+    is |m1 - m2|^2 + sum(1 + lam - 2 sqrt(lam)), computed here without any matrix square root."""
+    rng = np.random.default_rng(7)
+    d = 24
+    m1, m2 = rng.normal(size=d), rng.normal(size=d)
+    lam = rng.uniform(0.1, 4.0, size=d)
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    s2 = (q * lam) @ q.T
+    expected = float(((m1 - m2) ** 2).sum() + (1 + lam - 2 * np.sqrt(lam)).sum())
+    assert _ours(m1, np.eye(d), m2, s2) == pytest.approx(expected, rel=1e-9)
+    # commuting diagonal covariances: sum((sqrt(a) - sqrt(b))^2)
+    a, b = rng.uniform(0.5, 2.0, size=d), rng.uniform(0.5, 2.0, size=d)
+    assert _ours(m1, np.diag(a), m1, np.diag(b)) == pytest.approx(float(((np.sqrt(a) - np.sqrt(b)) ** 2).sum()),
+                                                                  rel=1e-9)
+
+
 def test_fid_of_a_set_with_itself_is_zero():
     rng = np.random.default_rng(1)
     a = rng.standard_normal((500, 32))
