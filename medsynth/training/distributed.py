@@ -107,6 +107,19 @@ def average_gradients(ctx: Context, module: torch.nn.Module) -> None:
         offset += g.numel()
 
 
+def broadcast_buffers(ctx: Context, modules: list[torch.nn.Module]) -> None:
+    """Copy rank 0's floating-point buffers to every rank. Batch-norm running statistics are updated
+    from each rank's own slice of the batch, so they drift apart between DDP's broadcasts (at the start
+    of each forward, from rank 0); making rank 0's the ones every rank holds is DDP's own rule, applied
+    before checkpoints and weight comparisons. Parameters are not touched: their gradients are averaged."""
+    if not ctx.enabled:
+        return
+    for m in modules:
+        for b in m.buffers():
+            if b.dtype.is_floating_point:
+                dist.broadcast(b.data, src=0)
+
+
 def same_on_all_ranks(ctx: Context, modules: list[torch.nn.Module], device) -> bool:
     """Whether every rank holds bit-identical parameters and buffers (compared by checksum)."""
     if not ctx.enabled:

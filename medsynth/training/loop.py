@@ -518,6 +518,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     def save(at_step):
         nonlocal last_saved
         path = ckpt_dir / f"step_{at_step:07d}.pt"
+        distributed.broadcast_buffers(ctx, [G, D] + ([ema] if ema is not None else []))
         if ctx.enabled and not distributed.same_on_all_ranks(ctx, [G, D], device):
             raise TrainingError(f"step {at_step}: the ranks' weights differ; not writing a checkpoint")
         if main:

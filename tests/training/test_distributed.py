@@ -52,6 +52,23 @@ def _assert_close(a: dict, b: dict, rtol=1e-4, atol=1e-6):
 
 
 @pytest.mark.slow
+def test_batch_norm_generator_with_default_precision_checkpoints_and_ranks_agree(tmp_path, mednist_small):
+    """The default generator (batch norm, whose running statistics follow each rank's own slice) at the
+    default precision (bf16 on CPUs that have it): the checkpoints are written and both ranks end
+    with the same parameters and buffers (rank 0's statistics, as DDP broadcasts them)."""
+    config = _config_file(tmp_path, mednist_small, **{"model.g_norm": "batch", "train.precision": "auto"})
+    run = tmp_path / "run"
+    p = _torchrun(tmp_path, 2, "train", "--config", config, "--run-dir", run)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r0, r1 = torch.load(tmp_path / "rank0.pt", weights_only=True), torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert any("running_mean" in name for name in r0["generator"])
+    for net in ("generator", "discriminator", "ema"):
+        for name, t in r0[net].items():
+            assert torch.equal(t, r1[net][name]), f"{net}.{name} differs between the ranks"
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == ["step_0000002.pt", "step_0000004.pt"]
+
+
+@pytest.mark.slow
 def test_two_gloo_ranks_train_identically_match_one_process_and_resume_alone(tmp_path, mednist_small):
     config = _config_file(tmp_path, mednist_small)
     run = tmp_path / "run"
