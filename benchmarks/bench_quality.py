@@ -58,7 +58,8 @@ def main(argv=None) -> int:
         ips = float(re.search(r"\(([\d.]+) images/s\)", p.stdout).group(1))
         t = time.perf_counter()
         ev = json.loads(medsynth("evaluate", run, "-n", args.samples, "--fid-method", "sqrtm", "--json").stdout)
-        row = {"config": str(CONFIGS[name].relative_to(REPO)), "overrides": args.overrides, "images_seen": args.steps * 64, "train_seconds": train_s,
+        row = {"config": str(CONFIGS[name].relative_to(REPO)), "overrides": args.overrides,
+               "images_seen": args.steps * 64, "train_seconds": train_s,
                "images_per_s": ips, "evaluate_seconds": time.perf_counter() - t, "fid": ev["fid"],
                "fid_ci": ev.get("fid_ci"), "kid": [ev["kid_mean"], ev["kid_std"]], "precision": ev.get("precision"),
                "recall": ev.get("recall"), "density": ev.get("density"), "coverage": ev.get("coverage"),

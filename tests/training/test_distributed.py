@@ -51,6 +51,16 @@ def _assert_close(a: dict, b: dict, rtol=1e-4, atol=1e-6):
             torch.testing.assert_close(a[name], b[name], rtol=rtol, atol=atol, msg=lambda m, k=name: f"{k}: {m}")
 
 
+def _rank_states_identical(tmp_path):
+    """The two ranks' final states (written by ddp_worker.py), asserted bit-identical; returns both."""
+    r0, r1 = torch.load(tmp_path / "rank0.pt", weights_only=True), torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for net in ("generator", "discriminator", "ema"):
+        assert r0[net].keys() == r1[net].keys()
+        for name, t in r0[net].items():
+            assert torch.equal(t, r1[net][name]), f"{net}.{name} differs between the ranks"
+    return r0, r1
+
+
 @pytest.mark.slow
 def test_batch_norm_generator_with_default_precision_checkpoints_and_ranks_agree(tmp_path, mednist_small):
     """The default generator (batch norm, whose running statistics follow each rank's own slice) at the
@@ -60,11 +70,8 @@ def test_batch_norm_generator_with_default_precision_checkpoints_and_ranks_agree
     run = tmp_path / "run"
     p = _torchrun(tmp_path, 2, "train", "--config", config, "--run-dir", run)
     assert p.returncode == 0, p.stderr[-3000:]
-    r0, r1 = torch.load(tmp_path / "rank0.pt", weights_only=True), torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0, r1 = _rank_states_identical(tmp_path)
     assert any("running_mean" in name for name in r0["generator"])
-    for net in ("generator", "discriminator", "ema"):
-        for name, t in r0[net].items():
-            assert torch.equal(t, r1[net][name]), f"{net}.{name} differs between the ranks"
     assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == ["step_0000002.pt", "step_0000004.pt"]
 
 
@@ -75,12 +82,8 @@ def test_two_gloo_ranks_train_identically_match_one_process_and_resume_alone(tmp
     p = _torchrun(tmp_path, 2, "train", "--config", config, "--run-dir", run)
     assert p.returncode == 0, p.stderr[-3000:]
     assert "batch 4 per rank x 2 ranks = 8 per step" in p.stderr
-    r0, r1 = torch.load(tmp_path / "rank0.pt", weights_only=True), torch.load(tmp_path / "rank1.pt", weights_only=True)
+    r0, r1 = _rank_states_identical(tmp_path)
     assert r0["step"] == r1["step"] == 4
-    for net in ("generator", "discriminator", "ema"):          # bit-identical on both ranks
-        assert r0[net].keys() == r1[net].keys()
-        for name, t in r0[net].items():
-            assert torch.equal(t, r1[net][name]), f"{net}.{name} differs between the ranks"
     # only rank 0 wrote: checkpoints 2 and 4, one training log
     assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == ["step_0000002.pt", "step_0000004.pt"]
     state = load_checkpoint(run / "checkpoints" / "step_0000004.pt")
