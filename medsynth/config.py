@@ -113,6 +113,9 @@ class ModelConfig:
                                       "memory for large 3D volumes, about a third more compute; the discriminator "
                                       "is checkpointed only with d_regularization r1)")
     r1_gamma: float = _opt(1.0, "resgan with d_regularization r1: weight of the R1 penalty", min=0.0)
+    augment: list[str] | None = _opt(None, "resgan: differentiable augmentations applied to every image the "
+                                           "discriminator sees, from translation, cutout, intensity (default: all "
+                                           "three; [] for none)")
 
 
 @dataclass
@@ -290,6 +293,12 @@ def _validate(cfg: Config, sources: dict[str, str], default_source: str) -> None
                 err("data.patient_pattern", "needs one capturing group for the patient ID, e.g. '^(\\d+)_'")
         except re.error as e:
             err("data.patient_pattern", f"not a valid regular expression: {e}")
+    if cfg.model.augment is not None:
+        from medsynth.training.augment import KINDS
+
+        bad = [k for k in cfg.model.augment if k not in KINDS]
+        if bad:
+            err("model.augment", f"unknown augmentation {bad[0]!r}; choose from {', '.join(KINDS)}")
     if cfg.train.betas is not None and len(cfg.train.betas) != 2:
         err("train.betas", f"expected two numbers, got {cfg.train.betas}")
 

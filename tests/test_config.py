@@ -59,6 +59,8 @@ def test_int_accepted_where_float_expected(tmp_path):
     ("data: [1, 2]", [], r"c\.yaml: data: expected a mapping of keys"),
     ("- a\n- b", [], r"c\.yaml: the top level must be a mapping"),
     ("data: {path: /x", [], r"c\.yaml: not valid YAML"),
+    ("data: {path: /x}", ["model.augment=[translation, flip]"],
+     r"command line: model\.augment: unknown augmentation 'flip'; choose from translation, cutout, intensity"),
     ("data: {path: /x}", ["train.batch_sise=3"], r"command line: unknown key 'train\.batch_sise' \(did you mean 'train\.batch_size'\?\)"),
     ("data: {path: /x}", ["train.batch_size=abc"], r"command line: train\.batch_size: expected an integer, got 'abc'"),
     ("data: {path: /x}", ["train.batch_size"], r"command line: override 'train\.batch_size' must look like key=value"),

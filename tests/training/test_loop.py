@@ -228,3 +228,20 @@ def test_patch_discriminator_refuses_a_conditional_model(tmp_path, mednist_small
     cfg = tiny_config(mednist_small, **{"model.discriminator": "patch", "model.conditional": True})
     with pytest.raises(TrainingError, match="discriminator=patch is unconditional"):
         train(cfg, tmp_path / "run", progress=False)
+
+
+@pytest.mark.parametrize("setting, expect", [(None, ("translation", "cutout", "intensity")), (["cutout"], ("cutout",)),
+                                             ([], None)])
+def test_model_augment_chooses_what_the_discriminator_sees(tmp_path, mednist_small, monkeypatch, setting, expect):
+    calls = []
+    real_augment = loop.augment
+
+    def spy(x, kinds, *args):
+        calls.append(tuple(kinds))
+        return real_augment(x, kinds, *args)
+
+    monkeypatch.setattr(loop, "augment", spy)
+    over = {"train.steps": 2} if setting is None else {"train.steps": 2, "model.augment": setting}
+    train(tiny_config(mednist_small, **over), tmp_path / "run", progress=False)
+    # per step: G's fake batch, then D's real and fake batches
+    assert calls == ([expect] * 6 if expect else [])
