@@ -294,11 +294,12 @@ def _validate(cfg: Config, sources: dict[str, str], default_source: str) -> None
         except re.error as e:
             err("data.patient_pattern", f"not a valid regular expression: {e}")
     if cfg.model.augment is not None:
-        from medsynth.training.augment import KINDS
+        from medsynth.training.augment import check_kinds
 
-        bad = [k for k in cfg.model.augment if k not in KINDS]
-        if bad:
-            err("model.augment", f"unknown augmentation {bad[0]!r}; choose from {', '.join(KINDS)}")
+        try:
+            check_kinds(cfg.model.augment)
+        except ValueError as e:
+            err("model.augment", str(e))
     if cfg.train.betas is not None and len(cfg.train.betas) != 2:
         err("train.betas", f"expected two numbers, got {cfg.train.betas}")
 

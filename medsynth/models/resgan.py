@@ -230,8 +230,10 @@ def build(cfg, image_shape, num_classes) -> GanModel:
     # two time-scale learning rates (Heusel et al. 2017) as BigGAN (Brock et al. 2019): with equal ones,
     # the batch-normalised generator moved faster than the discriminator could follow (its real/fake
     # scores stayed equal, samples collapsed); G 5e-5 / D 2e-4 halved the FID on MedNIST chest X-rays
+    from medsynth.training.augment import KINDS
+
     augment = getattr(cfg, "augment", None)
-    augment = ("translation", "cutout", "intensity") if augment is None else tuple(augment)
+    augment = KINDS if augment is None else tuple(augment)     # default: all of them
     return GanModel(g, d, loss="nonsaturating" if r1 else "hinge", lr_g=5e-5, lr_d=2e-4, betas=(0.0, 0.99),
                     ema=True, d_per_sample=True, augment=augment,
                     r1_gamma=float(getattr(cfg, "r1_gamma", 1.0)) if r1 else 0.0)

@@ -60,11 +60,17 @@ def cutout(x, generator, part=None, ratio: float = 0.5):
     return x * mask + (mask - 1)
 
 
-def augment(x, kinds, generator, part=None):
-    """Apply ``kinds`` in order. ``part = (start, total)``: ``x`` is rows ``start:start + B`` of a
-    global batch of ``total`` split over ranks (see :func:`_rand`)."""
+def check_kinds(kinds) -> None:
+    """Raise ValueError naming the first of ``kinds`` that is not one of :data:`KINDS`."""
     for kind in kinds:
         if kind not in KINDS:
             raise ValueError(f"unknown augmentation {kind!r}; choose from {', '.join(KINDS)}")
+
+
+def augment(x, kinds, generator, part=None):
+    """Apply ``kinds`` in order. ``part = (start, total)``: ``x`` is rows ``start:start + B`` of a
+    global batch of ``total`` split over ranks (see :func:`_rand`)."""
+    check_kinds(kinds)
+    for kind in kinds:
         x = {"translation": translation, "cutout": cutout, "intensity": intensity}[kind](x, generator, part)
     return x
