@@ -2,8 +2,8 @@
 
 Each ``--variant "KEY=VALUE ..."`` trains the config with those overrides (plus ``train.steps``) into
 ``OUT/vN``, then samples ``--samples`` images from the EMA generator (the generator for dcgan) with a
-fixed latent seed and computes FID against the run's training images
-(:func:`medsynth.metrics.fid.fid_from_features_fast`, equal to pytorch-fid's within 1e-6 relative).
+fixed latent seed and computes FID against the run's training images with the training loop's FID
+hook (:class:`medsynth.training.loop.FidHook`: fast FID, equal to pytorch-fid's within 1e-6 relative).
 It also reports the discriminator's loss averaged over six stretches of the run (chance for the
 non-saturating loss: 2 ln 2 = 1.39; for the hinge loss: 2.0), which says whether the discriminator is
 learning at all. Used to find what holds the default model back (docs/benchmarks.md, issue #3).
@@ -44,40 +44,29 @@ def main(argv=None) -> int:
         ap.error("give at least one --variant")
 
     import numpy as np
-    import torch
 
     from medsynth.config import resolve_config
-    from medsynth.metrics.features import FeatureExtractor
-    from medsynth.metrics.fid import fid_from_features_fast
     from medsynth.runs import prepare_run_data
-    from medsynth.training.loop import train
+    from medsynth.training.loop import FidHook, train
 
-    extractor = FeatureExtractor(device="cpu")
-    real = None
     result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "config": args.config,
               "steps": args.steps, "samples": args.samples, "runs": []}
     for i, variant in enumerate(args.variant):
-        overrides = variant.split() + [f"train.steps={args.steps}", f"train.checkpoint_every={args.steps}"]
+        overrides = variant.split() + [f"train.steps={args.steps}", f"train.checkpoint_every={args.steps}",
+                                       f"train.fid_samples={args.samples}"]
         cfg = resolve_config(args.config, overrides)
         run = Path(args.out) / f"v{i}"
         t = time.perf_counter()
         res = train(cfg, run, overwrite=True, progress=False)
         train_s = time.perf_counter() - t
-        if real is None:      # the same training split for every variant (same data and seed)
-            bundle = prepare_run_data(cfg, run, progress=False, write=False)
-            real = extractor.features(bundle.prepared.batch(bundle.train_indices, bundle.mapping))
+        # the training loop's FID hook, per variant: a variant may change the data, the split or conditioning
+        bundle = prepare_run_data(cfg, run, progress=False, write=False)
+        hook = FidHook(cfg, bundle, "cpu", len(bundle.labels) if cfg.model.conditional else 0)
         losses = [json.loads(line)["loss_d"] for line in (run / "train_log.jsonl").read_text().splitlines()]
         k = max(1, len(losses) // 6)
         stretches = [round(float(np.mean(losses[j:j + k])), 3) for j in range(0, len(losses), k)]
-        g = (res.ema if res.ema is not None else res.model.generator).float().cpu().eval()
-        with torch.no_grad():
-            z = torch.randn(args.samples, g.latent_dim, generator=torch.Generator().manual_seed(123))
-            nc = getattr(g, "num_classes", 0)
-            y = torch.arange(args.samples) % nc if nc else None
-            fake = torch.cat([g(z[j:j + 64], y[j:j + 64] if y is not None else None).float()
-                              for j in range(0, args.samples, 64)]).clamp(-1, 1)
-        fid = fid_from_features_fast(real, extractor.features(fake))
+        fid = hook((res.ema if res.ema is not None else res.model.generator).float().cpu())
         row = {"variant": variant, "fid": fid, "loss_d_stretches": stretches, "train_seconds": train_s,
                "images_per_s": res.images_per_second}
         result["runs"].append(row)
