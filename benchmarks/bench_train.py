@@ -133,24 +133,45 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", metavar="OUT")
+    ap.add_argument("--order", default="tutorial,eager,compiled,resgan",
+                    help="which loops to measure, in this order (comma-separated)")
     args = ap.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     workers = min(os.cpu_count() or 1, 10)
     files = sorted(str(p) for p in MEDNIST.rglob("*.jpg"))
     print(f"machine: {machine()}\ndate: {time.strftime('%Y-%m-%d')}\ndata: {len(files)} MedNIST 64x64 images, "
           f"batch 300, {args.steps} steps after {args.warmup} warm-up")
+    rows = {}
+
+    def record(name, value):
+        # printed and saved as soon as measured: a run stopped by a time limit keeps what it has
+        rows[name] = value
+        print(f"{name:55s} {value:10.2f}  ({time.strftime('%H:%M:%S')})", flush=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"machine": machine(), **rows}, indent=1))
+
+    order = args.order.split(",")
     with tempfile.TemporaryDirectory() as cache:
-        ref = tutorial_loop(files, args.steps, args.warmup, device, workers)
-        eager = medsynth_loop("dcgan", args.steps, args.warmup, 300, cache, compile=False)
-        ours = medsynth_loop("dcgan", args.steps, args.warmup, 300, cache, compile=True)
-        resgan = medsynth_loop("resgan", args.steps, args.warmup, 64, cache, compile=True)
-    rows = {"MONAI tutorial loop, dcgan (images/s)": ref, "medsynth dcgan, eager (images/s)": eager,
-            "medsynth dcgan, compiled (images/s)": ours, "ratio eager / tutorial": eager / ref,
-            "ratio compiled / tutorial": ours / ref, "medsynth resgan 64x64, batch 64, compiled (images/s)": resgan}
-    for k, v in rows.items():
-        print(f"{k:45s} {v:10.2f}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), **rows}, indent=1))
+        for part in order:
+            if part == "tutorial":
+                record("MONAI tutorial loop, dcgan (images/s)", tutorial_loop(files, args.steps, args.warmup, device,
+                                                                               workers))
+            elif part == "eager":
+                record("medsynth dcgan, eager (images/s)",
+                       medsynth_loop("dcgan", args.steps, args.warmup, 300, cache, compile=False))
+            elif part == "compiled":
+                record("medsynth dcgan, compiled (images/s)",
+                       medsynth_loop("dcgan", args.steps, args.warmup, 300, cache, compile=True))
+            elif part == "resgan":
+                record("medsynth resgan 64x64, batch 64, compiled (images/s)",
+                       medsynth_loop("resgan", args.steps, args.warmup, 64, cache, compile=True))
+            else:
+                ap.error(f"--order: unknown part {part!r}")
+    ref = rows.get("MONAI tutorial loop, dcgan (images/s)")
+    for kind in ("eager", "compiled"):
+        ours = rows.get(f"medsynth dcgan, {kind} (images/s)")
+        if ref and ours:
+            record(f"ratio {kind} / tutorial", ours / ref)
     return 0
 
 

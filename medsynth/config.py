@@ -116,6 +116,14 @@ class ModelConfig:
     augment: list[str] | None = _opt(None, "resgan: differentiable augmentations applied to every image the "
                                            "discriminator sees, from translation, cutout, intensity (default: all "
                                            "three; [] for none)")
+    augment_p: float = _opt(1.0, "resgan: probability that each augmentation is applied to each image (1: always, "
+                                 "as DiffAugment; ignored when ada_target is set)", min=0.0, max=1.0)
+    ada_target: float | None = _opt(None, "resgan: adaptive augmentation (ADA, Karras et al. 2020): p starts at 0 and "
+                                          "follows the discriminator's overfitting, keeping the share of training "
+                                          "images it scores as real (E[sign D(real)]) near this target (the paper: "
+                                          "0.6); unset: fixed augment_p", min=0.0, max=1.0)
+    ada_images: int = _opt(100000, "resgan with ada_target: images over which p can move from 0 to 1 (the paper: "
+                                   "500k)", min=1)
 
 
 @dataclass

@@ -170,3 +170,21 @@ def test_train_then_resume_from_the_command_line(tmp_path):
     assert "trained 3 steps" in out
     code, out, err = run("train", "--resume", tmp_path / "nope")
     assert code == 2 and "not a run directory" in err and "Traceback" not in err
+
+
+def test_out_of_gpu_memory_anywhere_in_train_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
+    # placing the networks on the GPU can run out of memory before the loop starts; the loop's own OOM path
+    # is exercised on a real GPU by tests/training/test_cuda.py
+    import torch
+
+    from medsynth.training import loop
+
+    def no_memory(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loop, "build_model", no_memory)
+    code = main(["train", "--config", str(REPO / "configs" / "tiny-cpu.yaml"), "--run-dir", str(tmp_path / "run"),
+                 "train.batch_size=48"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "out of GPU memory at train.batch_size=48; try train.batch_size=24" in err and "Traceback" not in err

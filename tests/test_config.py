@@ -61,6 +61,8 @@ def test_int_accepted_where_float_expected(tmp_path):
     ("data: {path: /x", [], r"c\.yaml: not valid YAML"),
     ("data: {path: /x}", ["model.augment=[translation, flip]"],
      r"command line: model\.augment: unknown augmentation 'flip'; choose from translation, cutout, intensity"),
+    ("data: {path: /x}", ["model.ada_target=1.5"], r"command line: model\.ada_target: must be at most 1"),
+    ("data: {path: /x}", ["model.augment_p=-0.1"], r"command line: model\.augment_p: must be at least 0"),
     ("data: {path: /x}", ["train.batch_sise=3"], r"command line: unknown key 'train\.batch_sise' \(did you mean 'train\.batch_size'\?\)"),
     ("data: {path: /x}", ["train.batch_size=abc"], r"command line: train\.batch_size: expected an integer, got 'abc'"),
     ("data: {path: /x}", ["train.batch_size"], r"command line: override 'train\.batch_size' must look like key=value"),

@@ -236,4 +236,6 @@ def build(cfg, image_shape, num_classes) -> GanModel:
     augment = KINDS if augment is None else tuple(augment)     # default: all of them
     return GanModel(g, d, loss="nonsaturating" if r1 else "hinge", lr_g=5e-5, lr_d=2e-4, betas=(0.0, 0.99),
                     ema=True, d_per_sample=True, augment=augment,
+                    augment_p=float(getattr(cfg, "augment_p", 1.0)), ada_target=getattr(cfg, "ada_target", None),
+                    ada_images=int(getattr(cfg, "ada_images", 100_000)),
                     r1_gamma=float(getattr(cfg, "r1_gamma", 1.0)) if r1 else 0.0)

@@ -67,10 +67,56 @@ def check_kinds(kinds) -> None:
             raise ValueError(f"unknown augmentation {kind!r}; choose from {', '.join(KINDS)}")
 
 
-def augment(x, kinds, generator, part=None):
+def augment(x, kinds, generator, part=None, p: float = 1.0):
     """Apply ``kinds`` in order. ``part = (start, total)``: ``x`` is rows ``start:start + B`` of a
-    global batch of ``total`` split over ranks (see :func:`_rand`)."""
+    global batch of ``total`` split over ranks (see :func:`_rand`).
+
+    ``p`` < 1: each kind is applied to each image with probability ``p`` (drawn per image and kind, as
+    in ADA, Karras et al. 2020); ``p`` <= 0 returns ``x`` unchanged and draws nothing."""
     check_kinds(kinds)
+    if p <= 0:
+        return x
+    view = (x.shape[0],) + (1,) * (x.dim() - 1)
     for kind in kinds:
-        x = {"translation": translation, "cutout": cutout, "intensity": intensity}[kind](x, generator, part)
+        out = {"translation": translation, "cutout": cutout, "intensity": intensity}[kind](x, generator, part)
+        x = out if p >= 1 else torch.where(_rand(view, generator, x.device, part) < p, out, x)
     return x
+
+
+class AdaptiveP:
+    """ADA's controller (Karras et al. 2020, "Training generative adversarial networks with limited
+    data"): the overfitting heuristic r_t = E[sign(D(real))] over the last ``interval`` steps; p goes
+    up when r_t is above ``target`` (the discriminator is too sure of the training images) and down
+    when below, by ``batch * interval / speed_images`` per adjustment, within [0, 1]. p starts at 0, so
+    a discriminator that is still learning sees clean images; the paper's speed is 500k images, ours
+    defaults to 100k because runs here are shorter."""
+
+    def __init__(self, target: float, speed_images: int, batch: int, interval: int = 4, p: float = 0.0):
+        self.target, self.speed, self.batch, self.interval = float(target), int(speed_images), batch, interval
+        self.p, self.signs, self.count, self.rt = float(p), 0.0, 0, None
+
+    def observe(self, real_logits: torch.Tensor) -> None:
+        """Accumulate the signs of the discriminator's logits for (augmented) training images."""
+        self.signs += float(torch.sign(real_logits.detach().float()).sum())
+        self.count += int(real_logits.numel())
+
+    def due(self, step: int) -> bool:
+        return step % self.interval == 0 and self.count > 0
+
+    def adjust(self, rt: float) -> float:
+        """Move p by one notch given this interval's (rank-averaged) r_t; returns the new p."""
+        self.rt = rt
+        notch = self.batch * self.interval / self.speed
+        self.p = min(1.0, max(0.0, self.p + (notch if rt > self.target else -notch)))
+        self.signs, self.count = 0.0, 0
+        return self.p
+
+    def local_rt(self) -> float:
+        return self.signs / max(1, self.count)
+
+    def state(self) -> dict:
+        return {"p": self.p, "signs": self.signs, "count": self.count, "rt": self.rt}
+
+    def load_state(self, state: dict) -> None:
+        self.p, self.signs, self.count, self.rt = (float(state["p"]), float(state["signs"]), int(state["count"]),
+                                                   state.get("rt"))

@@ -29,7 +29,7 @@ from medsynth.data.cache import take_rows
 from medsynth.models import GanModel, build_model
 from medsynth.runs import append_jsonl, atomic_write_bytes, atomic_write_text, prepare_run_data
 from medsynth.training import distributed
-from medsynth.training.augment import augment
+from medsynth.training.augment import AdaptiveP, augment
 from medsynth.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, prune, save_checkpoint
 from medsynth.training.distributed import SINGLE, Context
 
@@ -47,6 +47,11 @@ class TrainResult:
     interrupted: bool = False
     model: GanModel | None = None    # the trained networks (generator and discriminator, not the EMA)
     ema: torch.nn.Module | None = None
+
+
+def out_of_memory_message(batch_size: int) -> str:
+    return (f"out of GPU memory at train.batch_size={batch_size}; try train.batch_size={max(1, batch_size // 2)} "
+            "(or train.device=cpu)")
 
 
 def select_device(name: str = "auto") -> torch.device:
@@ -236,7 +241,7 @@ def _tensorboard(run_dir: Path):
 
 
 def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source, bundle, best,
-                      world_size: int = 1) -> dict:
+                      world_size: int = 1, ada: AdaptiveP | None = None) -> dict:
     from medsynth.data.transforms import SLICE_IOP
 
     from_volumes = any(it.get("slice") is not None for it in bundle.prepared.items)
@@ -255,6 +260,7 @@ def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source
         "rng": {"loop": gen.get_state(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "batches": source.state(), "best": best, "world_size": world_size,
+        "ada": ada.state() if ada is not None else None,
     }
 
 
@@ -501,6 +507,11 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     writer = _tensorboard(run_dir) if main else None
     log_path = run_dir / "train_log.jsonl"
     kinds = model.augment
+    ada = AdaptiveP(model.ada_target, model.ada_images, source.global_batch) if (
+        kinds and model.ada_target is not None) else None
+    if ada is not None and resume and state.get("ada") is not None:
+        ada.load_state(state["ada"])
+    aug_p = ada.p if ada is not None else model.augment_p
     d_steps = cfg.train.d_steps if cfg.train.d_steps is not None else model.d_steps
     total = cfg.train.steps
     end = total if stop_after is None else min(total, step + stop_after)
@@ -523,7 +534,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
             raise TrainingError(f"step {at_step}: the ranks' weights differ; not writing a checkpoint")
         if main:
             save_checkpoint(path, _checkpoint_state(cfg, model, ema, opt_g, opt_d, at_step, gen, source, bundle, best,
-                                                    ctx.world_size))
+                                                    ctx.world_size, ada))
             prune(ckpt_dir, cfg.train.keep_last)
         last_saved = path
         return path
@@ -539,7 +550,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
             D.requires_grad_(False)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 fake = g_step(z, y)
-                f_in = augment(fake, kinds, gen, part) if kinds else fake
+                f_in = augment(fake, kinds, gen, part, aug_p) if kinds else fake
                 loss_g = g_loss(model.loss, d_frozen(f_in, y).float())
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
@@ -553,8 +564,8 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
                 r1 = model.r1_gamma > 0 and step % R1_EVERY == 0
                 net = D if r1 else d_step
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                    r_in = augment(real, kinds, gen, part) if kinds else real
-                    f_in = augment(fake, kinds, gen, part) if kinds else fake
+                    r_in = augment(real, kinds, gen, part, aug_p) if kinds else real
+                    f_in = augment(fake, kinds, gen, part, aug_p) if kinds else fake
                     if r1:
                         r_in = r_in.detach().requires_grad_(True)
                     real_logits, fake_logits = _d_pair(net, r_in, f_in, y, model.d_per_sample)
@@ -568,6 +579,8 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
                 if r1:
                     distributed.average_gradients(ctx, D)
                 opt_d.step()
+                if ada is not None:
+                    ada.observe(real_logits)
             if ema is not None:
                 # ramp-up: with a fixed 0.999, the EMA would still hold 0.999^1000 = 37% of the initial
                 # weights after 1,000 steps; (1 + t) / (10 + t) lets it follow early training
@@ -575,6 +588,9 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
             step += 1
             (ld, lg), stopping = distributed.mean_and_any(ctx, [loss_d.detach().item(), loss_g.detach().item()],
                                                           stop.requested, device)
+            if ada is not None and ada.due(step):
+                (rt,), _ = distributed.mean_and_any(ctx, [ada.local_rt()], False, device)
+                aug_p = ada.adjust(rt)
             if not (math.isfinite(ld) and math.isfinite(lg)):
                 raise TrainingError(f"losses became non-finite at step {step} (D {ld}, G {lg}); "
                                     "try a lower learning rate (train.lr_g / train.lr_d)")
@@ -587,9 +603,14 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
                     writer.add_scalar("loss/d", ld, step)
                     writer.add_scalar("loss/g", lg, step)
                     writer.add_scalar("speed/images_per_s", ips, step)
+                    if ada is not None:
+                        writer.add_scalar("augment/p", aug_p, step)
                 if step % 10 == 0 or step == end:
+                    rec = {"step": step, "loss_d": ld, "loss_g": lg, "images_per_s": ips}
+                    if ada is not None:
+                        rec.update(augment_p=aug_p, ada_rt=ada.rt)
                     with open(log_path, "a") as fh:
-                        fh.write(json.dumps({"step": step, "loss_d": ld, "loss_g": lg, "images_per_s": ips}) + "\n")
+                        fh.write(json.dumps(rec) + "\n")
                 if step % cfg.train.grid_every == 0 or step == total:
                     save_grid(ema if ema is not None else G, grid_z, grid_y,
                               run_dir / "samples" / f"grid_{step:07d}.png")
@@ -607,15 +628,14 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
                           file=sys.stderr)
                 if is_best:
                     save_checkpoint(ckpt_dir / "best.pt", _checkpoint_state(cfg, model, ema, opt_g, opt_d, step, gen,
-                                                                            source, bundle, best, ctx.world_size))
+                                                                            source, bundle, best, ctx.world_size, ada))
             if step % cfg.train.checkpoint_every == 0 or step == end or stopping:
                 save(step)
             if stopping:
                 break
         interrupted = stopping if step > seen0 else stop.requested
     except torch.cuda.OutOfMemoryError:
-        raise TrainingError(f"out of GPU memory at train.batch_size={cfg.train.batch_size}; try "
-                            f"train.batch_size={max(1, cfg.train.batch_size // 2)}") from None
+        raise TrainingError(out_of_memory_message(cfg.train.batch_size)) from None
     finally:
         stop.restore()
         bar.close()
