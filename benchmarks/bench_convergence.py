@@ -31,9 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+from bench_quality import CONFIGS, REPO, medsynth  # the same two configs and subprocess runner
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = {"resgan": REPO / "configs" / "xray-cxr64.yaml", "dcgan": REPO / "configs" / "xray-cxr64-dcgan.yaml"}
 DROP = ("discriminator", "opt_g", "opt_d", "rng", "batches")
 PART_BYTES = 15 * 2**20          # the GPU machine returns files of at most 16 MiB
 RUN_FILES = ("config.yaml", "split.json", "train_log.jsonl", "metrics.jsonl")
@@ -158,11 +157,7 @@ def cmd_train(args) -> int:
 
 
 def _evaluate(target: Path, n: int, method: str) -> dict:
-    p = subprocess.run([sys.executable, "-m", "medsynth", "evaluate", str(target), "-n", str(n), "--fid-method",
-                        method, "--json"], capture_output=True, text=True, cwd=REPO)
-    if p.returncode != 0:
-        raise SystemExit(f"evaluate {target} failed:\n{p.stderr[-3000:]}")
-    return json.loads(p.stdout)
+    return json.loads(medsynth("evaluate", target, "-n", n, "--fid-method", method, "--json").stdout)
 
 
 def cmd_evaluate(args) -> int:

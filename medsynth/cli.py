@@ -110,14 +110,7 @@ def _cmd_train(args) -> int:
             raise UserError("train needs --config FILE (or --resume RUN)")
         cfg = resolve_config(args.config, args.overrides)
         run_dir = Path(args.run_dir or Path("runs") / cfg.name)
-    import torch
-
-    try:
-        result = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
-    except torch.cuda.OutOfMemoryError:   # outside the loop too: moving the networks or the data to the GPU
-        from medsynth.training.loop import TrainingError, out_of_memory_message
-
-        raise TrainingError(out_of_memory_message(cfg.train.batch_size)) from None
+    result = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":      # torchrun: the other ranks stay quiet
         return 130 if result.interrupted else EXIT_OK
     if result.interrupted:

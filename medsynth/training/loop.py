@@ -49,11 +49,6 @@ class TrainResult:
     ema: torch.nn.Module | None = None
 
 
-def out_of_memory_message(batch_size: int) -> str:
-    return (f"out of GPU memory at train.batch_size={batch_size}; try train.batch_size={max(1, batch_size // 2)} "
-            "(or train.device=cpu)")
-
-
 def select_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -413,6 +408,10 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
     ctx = distributed.context_from_env()
     try:
         return _train(cfg, run_dir, ctx, resume=resume, overwrite=overwrite, progress=progress, stop_after=stop_after)
+    except torch.cuda.OutOfMemoryError:   # anywhere: placing the networks or the data, or a step
+        b = cfg.train.batch_size
+        raise TrainingError(f"out of GPU memory at train.batch_size={b}; try train.batch_size={max(1, b // 2)} "
+                            "(or train.device=cpu)") from None
     finally:
         distributed.teardown(ctx)
 
@@ -634,8 +633,6 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
             if stopping:
                 break
         interrupted = stopping if step > seen0 else stop.requested
-    except torch.cuda.OutOfMemoryError:
-        raise TrainingError(out_of_memory_message(cfg.train.batch_size)) from None
     finally:
         stop.restore()
         bar.close()
