@@ -113,6 +113,9 @@ class ModelConfig:
                                       "memory for large 3D volumes, about a third more compute; the discriminator "
                                       "is checkpointed only with d_regularization r1)")
     r1_gamma: float = _opt(1.0, "resgan with d_regularization r1: weight of the R1 penalty", min=0.0)
+    d_recon: float = _opt(0.0, "resgan (resnet discriminator): weight of a self-supervised loss that makes the "
+                               "discriminator reconstruct real images from its 8x8 features (FastGAN, Liu et al. "
+                               "2021); 0: off", min=0.0)
     augment: list[str] | None = _opt(None, "resgan: differentiable augmentations applied to every image the "
                                            "discriminator sees, from translation, cutout, intensity (default: all "
                                            "three; [] for none)")

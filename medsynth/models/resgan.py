@@ -148,7 +148,8 @@ def _run(block, checkpointing: bool, *args):
 
 
 class ResDiscriminator(nn.Module):
-    def __init__(self, image_shape, num_classes: int = 0, width: int = 32, cap: int = 256, sn: bool = True):
+    def __init__(self, image_shape, num_classes: int = 0, width: int = 32, cap: int = 256, sn: bool = True,
+                 recon: bool = False):
         super().__init__()
         channels, *spatial = image_shape
         dims = len(spatial)
@@ -162,20 +163,40 @@ class ResDiscriminator(nn.Module):
         self.linear = norm(nn.Linear(widths[steps], 1))
         self.embed = norm(nn.Embedding(num_classes, widths[steps])) if num_classes else None
         self.checkpointing = False
+        # self-supervised reconstruction (FastGAN, Liu et al. 2021): a small decoder from the features
+        # at 8^d back to a 32^d image, trained on real images only
+        self.recon_at = steps - 2 if recon else None          # index of the block whose output is 8^d
+        self.decoder = _decoder(dims, widths[steps - 2], channels) if recon else None
 
-    def forward(self, x, labels=None):
-        h = x
-        for block in self.blocks:
+    def forward(self, x, labels=None, reconstruct: bool = False):
+        h, rec = x, None
+        for i, block in enumerate(self.blocks):
             # spectral norm advances its power iteration in every forward pass, so a recomputed block
             # would not be the same function: only unnormalised (R1) discriminators are checkpointed
             h = _run(block, self.checkpointing, h)
+            if reconstruct and i == self.recon_at:
+                rec = self.decoder(h)
         h = torch.relu(h).flatten(2).sum(2)
         out = self.linear(h).squeeze(1)
         if self.embed is not None:
             if labels is None:
                 raise ValueError("this discriminator is conditional: pass labels")
             out = out + (self.embed(labels) * h).sum(1)
+        if reconstruct:
+            if rec is None:
+                raise ValueError("this discriminator has no reconstruction head (model.d_recon is 0)")
+            return out, rec
         return out
+
+
+def _decoder(dims: int, cin: int, channels: int) -> nn.Module:
+    """8^d features -> a 32^d image (compared with the real image area-downsampled to 32^d): two
+    (upsample, 3x3 conv) stages, then a 3x3 conv to the image channels and tanh."""
+    conv = _layers(dims)[0]
+    mid = max(8, cin // 2)
+    return nn.Sequential(nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"), conv(cin, mid, 3, padding=1),
+                         nn.ReLU(), nn.Upsample(scale_factor=2, mode="nearest"), conv(mid, mid // 2, 3, padding=1),
+                         nn.ReLU(), conv(mid // 2, channels, 3, padding=1), nn.Tanh())
 
 
 class PatchGanDiscriminator(nn.Module):
@@ -223,9 +244,13 @@ def build(cfg, image_shape, num_classes) -> GanModel:
         if num_classes:
             raise ValueError("model.discriminator=patch is unconditional; use model.discriminator=resnet for a "
                              "conditional model")
+        if float(getattr(cfg, "d_recon", 0.0)) > 0:
+            raise ValueError("model.d_recon needs model.discriminator=resnet (the patch discriminator has no "
+                             "reconstruction head)")
         d = PatchGanDiscriminator(image_shape, width=width, sn=not r1)
     else:
-        d = ResDiscriminator(image_shape, num_classes, width=width, sn=not r1)
+        d = ResDiscriminator(image_shape, num_classes, width=width, sn=not r1,
+                             recon=float(getattr(cfg, "d_recon", 0.0)) > 0)
     d.checkpointing = ckpt and r1
     # two time-scale learning rates (Heusel et al. 2017) as BigGAN (Brock et al. 2019): with equal ones,
     # the batch-normalised generator moved faster than the discriminator could follow (its real/fake
@@ -238,4 +263,5 @@ def build(cfg, image_shape, num_classes) -> GanModel:
                     ema=True, d_per_sample=True, augment=augment,
                     augment_p=float(getattr(cfg, "augment_p", 1.0)), ada_target=getattr(cfg, "ada_target", None),
                     ada_images=int(getattr(cfg, "ada_images", 100_000)),
-                    r1_gamma=float(getattr(cfg, "r1_gamma", 1.0)) if r1 else 0.0)
+                    r1_gamma=float(getattr(cfg, "r1_gamma", 1.0)) if r1 else 0.0,
+                    d_recon=float(getattr(cfg, "d_recon", 0.0)))

@@ -276,6 +276,15 @@ def _d_pair(d, real, fake, y, per_sample: bool):
     return d(real, y).float(), d(fake, y).float()
 
 
+def _d_pair_recon(d, real, fake, y):
+    """As :func:`_d_pair` for a discriminator with a reconstruction head, plus the mean squared error
+    of its reconstruction of the real images (area-downsampled to the reconstruction's size)."""
+    n = real.shape[0]
+    out, rec = d(torch.cat([real, fake]), torch.cat([y, y]) if y is not None else None, reconstruct=True)
+    target = F.interpolate(real.detach().float(), size=rec.shape[2:], mode="area")
+    return out[:n].float(), out[n:].float(), F.mse_loss(rec[:n].float(), target)
+
+
 def _has_spectral_norm(m: torch.nn.Module) -> bool:
     from torch.nn.utils import parametrize
 
@@ -567,8 +576,12 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
                     f_in = augment(fake, kinds, gen, part, aug_p) if kinds else fake
                     if r1:
                         r_in = r_in.detach().requires_grad_(True)
-                    real_logits, fake_logits = _d_pair(net, r_in, f_in, y, model.d_per_sample)
-                    loss_d = d_loss(model.loss, real_logits, fake_logits)
+                    if model.d_recon > 0:
+                        real_logits, fake_logits, rec_loss = _d_pair_recon(net, r_in, f_in, y)
+                        loss_d = d_loss(model.loss, real_logits, fake_logits) + model.d_recon * rec_loss
+                    else:
+                        real_logits, fake_logits = _d_pair(net, r_in, f_in, y, model.d_per_sample)
+                        loss_d = d_loss(model.loss, real_logits, fake_logits)
                 if r1:
                     grad, = torch.autograd.grad(real_logits.sum(), r_in, create_graph=True)
                     penalty = grad.float().pow(2).flatten(1).sum(1).mean()

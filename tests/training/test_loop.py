@@ -245,3 +245,39 @@ def test_model_augment_chooses_what_the_discriminator_sees(tmp_path, mednist_sma
     train(tiny_config(mednist_small, **over), tmp_path / "run", progress=False)
     # per step: G's fake batch, then D's real and fake batches
     assert calls == ([expect] * 6 if expect else [])
+
+
+def test_discriminator_reconstruction_head_learns_to_reconstruct_real_images(tmp_path, mednist_small):
+    import torch.nn.functional as F
+
+    from medsynth.models import build_model
+    from medsynth.runs import prepare_run_data
+
+    cfg = tiny_config(mednist_small, **{"model.d_regularization": "r1", "model.d_recon": 1.0, "train.steps": 60, "train.lr_d": 1e-3,
+                                        "model.augment": []})
+    torch.manual_seed(cfg.seed)
+    initial = build_model(cfg.model, (1, 32, 32), 0).discriminator
+    result = train(cfg, tmp_path / "run", progress=False)
+    trained = build_model(cfg.model, (1, 32, 32), 0).discriminator
+    trained.load_state_dict(load_checkpoint(result.checkpoint)["discriminator"])
+    bundle = prepare_run_data(cfg, tmp_path / "run", progress=False, write=False)
+    real = bundle.prepared.tensor(bundle.train_indices, bundle.mapping, "cpu")
+
+    def error(d):
+        with torch.no_grad():
+            _, rec = d(real, reconstruct=True)
+        return F.mse_loss(rec, F.interpolate(real, size=rec.shape[2:], mode="area")).item()
+
+    before, after = error(initial), error(trained)
+    assert after < 0.5 * before, (before, after)
+    # without the option the discriminator has no decoder, so earlier checkpoints load unchanged
+    plain = build_model(tiny_config(mednist_small).model, (1, 32, 32), 0).discriminator
+    assert not any(k.startswith("decoder") for k in plain.state_dict())
+    with pytest.raises(ValueError, match="no reconstruction head"):
+        plain(real[:2], reconstruct=True)
+
+
+def test_reconstruction_head_needs_the_resnet_discriminator(tmp_path, mednist_small):
+    cfg = tiny_config(mednist_small, **{"model.discriminator": "patch", "model.d_recon": 1.0})
+    with pytest.raises(TrainingError, match="d_recon needs model.discriminator=resnet"):
+        train(cfg, tmp_path / "run", progress=False)

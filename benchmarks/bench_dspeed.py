@@ -1,0 +1,79 @@
+"""How fast does a fresh discriminator learn to tell a run's training images from its generator's samples?
+
+Freezes the generator of a run (e.g. a 400-step ``bench_ablation.py`` run), draws 320 samples from it
+(seed 1), and trains a freshly initialised ``resgan`` discriminator (R1 form: no spectral norm, no
+penalty) alone with the non-saturating loss, Adam 2e-4 / (0, 0.99), batch 64 + 64, for ``--steps``
+steps, once per augmentation setting. Prints the loss every tenth of the run (chance: 2 ln 2 = 1.39;
+lower: the discriminator separates them). Used in issue #3 to find which augmentation keeps the
+discriminator at chance (docs/benchmarks.md).
+
+    .venv/bin/python benchmarks/bench_ablation.py --steps 400 --variant "model.d_regularization=r1" \\
+        --out runs/dspeed-g
+    .venv/bin/python benchmarks/bench_dspeed.py runs/dspeed-g/v0 --steps 150 \\
+        --kinds all --kinds none --kinds translation --kinds cutout --kinds intensity   # ~2.5 min each
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="a run directory with a checkpoint")
+    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--kinds", action="append", default=[],
+                    help="comma-separated augmentations, 'all' or 'none' (repeat for more settings)")
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+
+    import torch
+    import torch.nn.functional as F
+
+    from medsynth.config import config_from_dict, load_yaml
+    from medsynth.models.resgan import ResDiscriminator
+    from medsynth.runs import prepare_run_data
+    from medsynth.sampling import load_generator
+    from medsynth.training.augment import KINDS, augment, check_kinds
+
+    run = Path(args.run)
+    cfg = config_from_dict(load_yaml(run / "config.yaml"))
+    bundle = prepare_run_data(cfg, run, progress=False, write=False)
+    real = bundle.prepared.tensor(bundle.train_indices, bundle.mapping, "cpu")
+    fake, _ = load_generator(run, device="cpu").sample(len(real), seed=1)
+    rows = []
+    for setting in args.kinds or ["all", "none"]:
+        kinds = KINDS if setting == "all" else () if setting == "none" else tuple(setting.split(","))
+        check_kinds(kinds)
+        torch.manual_seed(0)
+        d = ResDiscriminator(tuple(real.shape[1:]), sn=False)
+        opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.0, 0.99))
+        gen = torch.Generator().manual_seed(0)
+        losses = []
+        for _ in range(args.steps):
+            i = torch.randint(0, len(real), (64,), generator=gen)
+            r, f = real[i], fake[i]
+            if kinds:
+                r, f = augment(r, kinds, gen), augment(f, kinds, gen)
+            out = d(torch.cat([r, f]))
+            loss = F.softplus(-out[:64]).mean() + F.softplus(out[64:]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        k = max(1, args.steps // 10)
+        trace = [round(sum(losses[j:j + k]) / len(losses[j:j + k]), 3) for j in range(0, args.steps, k)]
+        rows.append({"augment": list(kinds), "loss_trace": trace})
+        print(f"[{setting}] D loss every {k} steps: {trace}", file=sys.stderr, flush=True)
+    out = {"run": str(run), "steps": args.steps, "rows": rows}
+    print(json.dumps(out, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
