@@ -98,6 +98,8 @@ class ModelConfig:
     latent_dim: int = _opt(64, "size of the latent vector", min=1)
     conditional: bool = _opt(False, "condition on the dataset's labels (needs at least two)")
     width: int = _opt(32, "resgan: channels at full resolution (doubling per halving, at most 256)", min=4)
+    d_width: int | None = _opt(None, "resgan: the discriminator's channels at full resolution (doubling per halving, "
+                                     "at most max(256, 8 x d_width)); unset: model.width", min=4)
     d_regularization: str = _choice("spectral_norm", "spectral_norm", "r1",
                                     help="resgan: how the discriminator is kept smooth: spectral normalisation of "
                                          "every weight with the hinge loss, or an R1 gradient penalty on real "

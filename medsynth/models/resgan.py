@@ -236,6 +236,7 @@ def build(cfg, image_shape, num_classes) -> GanModel:
         raise ValueError(f"resgan needs a square (cubic) power-of-two image size from {lo} to {hi} in "
                          f"{len(spatial)}D, got {list(spatial)}")
     width = getattr(cfg, "width", 32)
+    d_width = getattr(cfg, "d_width", None) or width
     r1 = getattr(cfg, "d_regularization", "spectral_norm") == "r1"
     ckpt = bool(getattr(cfg, "checkpointing", False))
     g = ResGenerator(image_shape, cfg.latent_dim, num_classes, width=width, norm=getattr(cfg, "g_norm", "batch"),
@@ -247,9 +248,9 @@ def build(cfg, image_shape, num_classes) -> GanModel:
         if float(getattr(cfg, "d_recon", 0.0)) > 0:
             raise ValueError("model.d_recon needs model.discriminator=resnet (the patch discriminator has no "
                              "reconstruction head)")
-        d = PatchGanDiscriminator(image_shape, width=width, sn=not r1)
+        d = PatchGanDiscriminator(image_shape, width=d_width, sn=not r1)
     else:
-        d = ResDiscriminator(image_shape, num_classes, width=width, sn=not r1,
+        d = ResDiscriminator(image_shape, num_classes, width=d_width, cap=max(256, 8 * d_width), sn=not r1,
                              recon=float(getattr(cfg, "d_recon", 0.0)) > 0)
     d.checkpointing = ckpt and r1
     # two time-scale learning rates (Heusel et al. 2017) as BigGAN (Brock et al. 2019): with equal ones,
