@@ -31,13 +31,13 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    import torch.nn.functional as F
 
     from medsynth.config import config_from_dict, load_yaml
     from medsynth.models.resgan import ResDiscriminator
     from medsynth.runs import prepare_run_data
     from medsynth.sampling import load_generator
     from medsynth.training.augment import KINDS, augment, check_kinds
+    from medsynth.training.loop import d_loss
 
     run = Path(args.run)
     cfg = config_from_dict(load_yaml(run / "config.yaml"))
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
             if kinds:
                 r, f = augment(r, kinds, gen), augment(f, kinds, gen)
             out = d(torch.cat([r, f]))
-            loss = F.softplus(-out[:64]).mean() + F.softplus(out[64:]).mean()
+            loss = d_loss("nonsaturating", out[:64], out[64:])
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -237,6 +237,7 @@ def build(cfg, image_shape, num_classes) -> GanModel:
                          f"{len(spatial)}D, got {list(spatial)}")
     width = getattr(cfg, "width", 32)
     d_width = getattr(cfg, "d_width", None) or width
+    d_recon = float(getattr(cfg, "d_recon", 0.0))
     r1 = getattr(cfg, "d_regularization", "spectral_norm") == "r1"
     ckpt = bool(getattr(cfg, "checkpointing", False))
     g = ResGenerator(image_shape, cfg.latent_dim, num_classes, width=width, norm=getattr(cfg, "g_norm", "batch"),
@@ -245,13 +246,13 @@ def build(cfg, image_shape, num_classes) -> GanModel:
         if num_classes:
             raise ValueError("model.discriminator=patch is unconditional; use model.discriminator=resnet for a "
                              "conditional model")
-        if float(getattr(cfg, "d_recon", 0.0)) > 0:
+        if d_recon > 0:
             raise ValueError("model.d_recon needs model.discriminator=resnet (the patch discriminator has no "
                              "reconstruction head)")
         d = PatchGanDiscriminator(image_shape, width=d_width, sn=not r1)
     else:
         d = ResDiscriminator(image_shape, num_classes, width=d_width, cap=max(256, 8 * d_width), sn=not r1,
-                             recon=float(getattr(cfg, "d_recon", 0.0)) > 0)
+                             recon=d_recon > 0)
     d.checkpointing = ckpt and r1
     # two time-scale learning rates (Heusel et al. 2017) as BigGAN (Brock et al. 2019): with equal ones,
     # the batch-normalised generator moved faster than the discriminator could follow (its real/fake
@@ -265,4 +266,4 @@ def build(cfg, image_shape, num_classes) -> GanModel:
                     augment_p=float(getattr(cfg, "augment_p", 1.0)), ada_target=getattr(cfg, "ada_target", None),
                     ada_images=int(getattr(cfg, "ada_images", 100_000)),
                     r1_gamma=float(getattr(cfg, "r1_gamma", 1.0)) if r1 else 0.0,
-                    d_recon=float(getattr(cfg, "d_recon", 0.0)))
+                    d_recon=d_recon)
