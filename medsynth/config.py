@@ -108,6 +108,10 @@ class ModelConfig:
                           help="resgan: generator normalisation: batch (batch norm, class-conditional gain and "
                                "bias) or pixel (per-sample feature normalisation: a sample never depends on its "
                                "batch; for per-device batches of a few volumes; more prone to mode collapse)")
+    d_norm: str = _choice("none", "none", "instance",
+                          help="resgan (resnet discriminator): normalisation after each discriminator convolution: "
+                               "none, or instance (per image and channel, with a learned gain and bias; each "
+                               "image is judged on its own, so R1 and the concatenated real/fake pass still hold)")
     discriminator: str = _choice("resnet", "resnet", "patch",
                                  help="resgan: resnet (residual, projection-conditioned, global score) or patch "
                                       "(MONAI PatchDiscriminator: a score per patch, unconditional; light for 3D)")

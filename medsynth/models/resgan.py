@@ -87,20 +87,30 @@ def _identity(m):
     return m
 
 
+def _d_norm(kind: str, dims: int, channels: int) -> nn.Module:
+    if kind == "instance":
+        from monai.networks.layers import Norm
+
+        return Norm[Norm.INSTANCE, dims](channels, affine=True)
+    return nn.Identity()
+
+
 class DownBlock(nn.Module):
-    def __init__(self, dims: int, cin: int, cout: int, first: bool = False, down: bool = True, sn: bool = True):
+    def __init__(self, dims: int, cin: int, cout: int, first: bool = False, down: bool = True, sn: bool = True,
+                 norm_kind: str = "none"):
         super().__init__()
         conv, _, pool = _layers(dims)
         norm = spectral_norm if sn else _identity
         self.first, self.down = first, down
         self.c1 = norm(conv(cin, cout, 3, padding=1))
         self.c2 = norm(conv(cout, cout, 3, padding=1))
+        self.n1, self.n2 = _d_norm(norm_kind, dims, cout), _d_norm(norm_kind, dims, cout)
         self.skip = norm(conv(cin, cout, 1))
         self.pool = pool(2) if down else nn.Identity()
 
     def forward(self, x):
         h = x if self.first else torch.relu(x)
-        h = self.pool(self.c2(torch.relu(self.c1(h))))
+        h = self.pool(self.n2(self.c2(torch.relu(self.n1(self.c1(h))))))
         s = self.skip(self.pool(x)) if self.first else self.pool(self.skip(x))
         return h + s
 
@@ -149,16 +159,16 @@ def _run(block, checkpointing: bool, *args):
 
 class ResDiscriminator(nn.Module):
     def __init__(self, image_shape, num_classes: int = 0, width: int = 32, cap: int = 256, sn: bool = True,
-                 recon: bool = False):
+                 recon: bool = False, norm: str = "none"):
         super().__init__()
         channels, *spatial = image_shape
         dims = len(spatial)
         steps = int(math.log2(spatial[0] // 4))
         widths = _widths(width, steps, cap)
-        norm = spectral_norm if sn else _identity
-        blocks = [DownBlock(dims, channels, widths[0], first=True, sn=sn)]
-        blocks += [DownBlock(dims, widths[i], widths[i + 1], sn=sn) for i in range(steps - 1)]
-        blocks += [DownBlock(dims, widths[steps - 1], widths[steps], down=False, sn=sn)]
+        kind, norm = norm, spectral_norm if sn else _identity
+        blocks = [DownBlock(dims, channels, widths[0], first=True, sn=sn, norm_kind=kind)]
+        blocks += [DownBlock(dims, widths[i], widths[i + 1], sn=sn, norm_kind=kind) for i in range(steps - 1)]
+        blocks += [DownBlock(dims, widths[steps - 1], widths[steps], down=False, sn=sn, norm_kind=kind)]
         self.blocks = nn.Sequential(*blocks)
         self.linear = norm(nn.Linear(widths[steps], 1))
         self.embed = norm(nn.Embedding(num_classes, widths[steps])) if num_classes else None
@@ -249,10 +259,13 @@ def build(cfg, image_shape, num_classes) -> GanModel:
         if d_recon > 0:
             raise ValueError("model.d_recon needs model.discriminator=resnet (the patch discriminator has no "
                              "reconstruction head)")
+        if getattr(cfg, "d_norm", "none") != "none":
+            raise ValueError("model.d_norm applies to model.discriminator=resnet (the patch discriminator always "
+                             "uses instance norm)")
         d = PatchGanDiscriminator(image_shape, width=d_width, sn=not r1)
     else:
         d = ResDiscriminator(image_shape, num_classes, width=d_width, cap=max(256, 8 * d_width), sn=not r1,
-                             recon=d_recon > 0)
+                             recon=d_recon > 0, norm=getattr(cfg, "d_norm", "none"))
     d.checkpointing = ckpt and r1
     # two time-scale learning rates (Heusel et al. 2017) as BigGAN (Brock et al. 2019): with equal ones,
     # the batch-normalised generator moved faster than the discriminator could follow (its real/fake

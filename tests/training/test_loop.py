@@ -24,9 +24,11 @@ def _assert_same(a, b):
             assert torch.equal(t, b[net][name]), f"{net}.{name} differs"
 
 
-@pytest.mark.parametrize("model, conditional", [("dcgan", False), ("resgan", False), ("resgan", True)])
-def test_a_few_steps_keep_losses_finite_and_change_the_weights(tmp_path, mednist_small, model, conditional):
-    cfg = tiny_config(mednist_small, **{"model.name": model, "model.conditional": conditional})
+@pytest.mark.parametrize("model, conditional, extra", [
+    ("dcgan", False, {}), ("resgan", False, {}), ("resgan", True, {}),
+    ("resgan", True, {"model.d_regularization": "r1", "model.d_norm": "instance"})])
+def test_a_few_steps_keep_losses_finite_and_change_the_weights(tmp_path, mednist_small, model, conditional, extra):
+    cfg = tiny_config(mednist_small, **{"model.name": model, "model.conditional": conditional, **extra})
     from medsynth.models import build_model
 
     torch.manual_seed(cfg.seed)
@@ -37,6 +39,10 @@ def test_a_few_steps_keep_losses_finite_and_change_the_weights(tmp_path, mednist
     assert state["labels"] == ["CXR", "MRBrain"] and state["conditional"] == conditional
     changed = [k for k, v in state["generator"].items() if v.dtype.is_floating_point and not torch.equal(v, initial[k])]
     assert changed, "no generator weight moved"
+    if extra.get("model.d_norm") == "instance":      # the discriminator's norm gains are trained and saved
+        gains = [k for k in state["discriminator"] if k.endswith(".n1.weight")]
+        assert gains and any(not torch.equal(state["discriminator"][k], torch.ones_like(state["discriminator"][k]))
+                             for k in gains)
     log = (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()
     assert log and all("NaN" not in line and "Infinity" not in line for line in log)
     assert (tmp_path / "run" / "samples" / "grid_0000004.png").is_file()
