@@ -3,7 +3,7 @@
 Freezes the generator of a run (e.g. a 400-step ``bench_ablation.py`` run), draws 320 samples from it
 (seed 1), and trains a freshly initialised ``resgan`` discriminator (R1 form: no spectral norm, no
 penalty) alone with the non-saturating loss, Adam 2e-4 / (0, 0.99), batch 64 + 64, for ``--steps``
-steps, once per augmentation setting. Prints the loss every tenth of the run (chance: 2 ln 2 = 1.39;
+steps, once per augmentation setting (and per ``--d-norm``). Prints the loss every tenth of the run (chance: 2 ln 2 = 1.39;
 lower: the discriminator separates them). Used in issue #3 to find which augmentation keeps the
 discriminator at chance (docs/benchmarks.md).
 
@@ -11,6 +11,8 @@ discriminator at chance (docs/benchmarks.md).
         --out runs/dspeed-g
     .venv/bin/python benchmarks/bench_dspeed.py runs/dspeed-g/v0 --steps 150 \\
         --kinds all --kinds none --kinds translation --kinds cutout --kinds intensity   # ~2.5 min each
+    .venv/bin/python benchmarks/bench_dspeed.py runs/dspeed-g/v0 --steps 100 --kinds all \\
+        --d-norm none --d-norm instance     # model.d_norm: does instance norm let it learn?
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--kinds", action="append", default=[],
                     help="comma-separated augmentations, 'all' or 'none' (repeat for more settings)")
+    ap.add_argument("--d-norm", action="append", default=[], choices=["none", "instance"],
+                    help="the discriminator's model.d_norm (repeat to compare; default none)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -45,11 +49,12 @@ def main(argv=None) -> int:
     real = bundle.prepared.tensor(bundle.train_indices, bundle.mapping, "cpu")
     fake, _ = load_generator(run, device="cpu").sample(len(real), seed=1)
     rows = []
-    for setting in args.kinds or ["all", "none"]:
+    settings = [(k, n) for n in args.d_norm or ["none"] for k in args.kinds or ["all", "none"]]
+    for setting, d_norm in settings:
         kinds = KINDS if setting == "all" else () if setting == "none" else tuple(setting.split(","))
         check_kinds(kinds)
         torch.manual_seed(0)
-        d = ResDiscriminator(tuple(real.shape[1:]), sn=False)
+        d = ResDiscriminator(tuple(real.shape[1:]), sn=False, norm=d_norm)
         opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.0, 0.99))
         gen = torch.Generator().manual_seed(0)
         losses = []
@@ -66,8 +71,8 @@ def main(argv=None) -> int:
             losses.append(loss.item())
         k = max(1, args.steps // 10)
         trace = [round(sum(losses[j:j + k]) / len(losses[j:j + k]), 3) for j in range(0, args.steps, k)]
-        rows.append({"augment": list(kinds), "loss_trace": trace})
-        print(f"[{setting}] D loss every {k} steps: {trace}", file=sys.stderr, flush=True)
+        rows.append({"augment": list(kinds), "d_norm": d_norm, "loss_trace": trace})
+        print(f"[{setting}, d_norm {d_norm}] D loss every {k} steps: {trace}", file=sys.stderr, flush=True)
     out = {"run": str(run), "steps": args.steps, "rows": rows}
     print(json.dumps(out, indent=1))
     if args.json:
