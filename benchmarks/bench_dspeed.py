@@ -3,8 +3,8 @@
 Freezes the generator of a run (e.g. a 400-step ``bench_ablation.py`` run), draws 320 samples from it
 (seed 1), and trains a freshly initialised ``resgan`` discriminator (R1 form: no spectral norm, no
 penalty) alone with the non-saturating loss, Adam 2e-4 / (0, 0.99), batch 64 + 64, for ``--steps``
-steps, once per augmentation setting (and per ``--d-norm``). Prints the loss every tenth of the run (chance: 2 ln 2 = 1.39;
-lower: the discriminator separates them). Used in issue #3 to find which augmentation keeps the
+steps, once per augmentation setting (and per ``--d-norm``). Prints the loss every tenth of the run
+(chance: 2 ln 2 = 1.39; lower: the discriminator separates them). Used in issue #3 to find which augmentation keeps the
 discriminator at chance (docs/benchmarks.md).
 
     .venv/bin/python benchmarks/bench_ablation.py --steps 400 --variant "model.d_regularization=r1" \\
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         kinds = KINDS if setting == "all" else () if setting == "none" else tuple(setting.split(","))
         check_kinds(kinds)
         torch.manual_seed(0)
-        d = ResDiscriminator(tuple(real.shape[1:]), sn=False, norm=d_norm)
+        d = ResDiscriminator(tuple(real.shape[1:]), sn=False, norm_kind=d_norm)
         opt = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.0, 0.99))
         gen = torch.Generator().manual_seed(0)
         losses = []

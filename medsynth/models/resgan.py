@@ -159,16 +159,16 @@ def _run(block, checkpointing: bool, *args):
 
 class ResDiscriminator(nn.Module):
     def __init__(self, image_shape, num_classes: int = 0, width: int = 32, cap: int = 256, sn: bool = True,
-                 recon: bool = False, norm: str = "none"):
+                 recon: bool = False, norm_kind: str = "none"):
         super().__init__()
         channels, *spatial = image_shape
         dims = len(spatial)
         steps = int(math.log2(spatial[0] // 4))
         widths = _widths(width, steps, cap)
-        kind, norm = norm, spectral_norm if sn else _identity
-        blocks = [DownBlock(dims, channels, widths[0], first=True, sn=sn, norm_kind=kind)]
-        blocks += [DownBlock(dims, widths[i], widths[i + 1], sn=sn, norm_kind=kind) for i in range(steps - 1)]
-        blocks += [DownBlock(dims, widths[steps - 1], widths[steps], down=False, sn=sn, norm_kind=kind)]
+        norm = spectral_norm if sn else _identity
+        blocks = [DownBlock(dims, channels, widths[0], first=True, sn=sn, norm_kind=norm_kind)]
+        blocks += [DownBlock(dims, widths[i], widths[i + 1], sn=sn, norm_kind=norm_kind) for i in range(steps - 1)]
+        blocks += [DownBlock(dims, widths[steps - 1], widths[steps], down=False, sn=sn, norm_kind=norm_kind)]
         self.blocks = nn.Sequential(*blocks)
         self.linear = norm(nn.Linear(widths[steps], 1))
         self.embed = norm(nn.Embedding(num_classes, widths[steps])) if num_classes else None
@@ -248,6 +248,7 @@ def build(cfg, image_shape, num_classes) -> GanModel:
     width = getattr(cfg, "width", 32)
     d_width = getattr(cfg, "d_width", None) or width
     d_recon = float(getattr(cfg, "d_recon", 0.0))
+    d_norm = getattr(cfg, "d_norm", "none")
     r1 = getattr(cfg, "d_regularization", "spectral_norm") == "r1"
     ckpt = bool(getattr(cfg, "checkpointing", False))
     g = ResGenerator(image_shape, cfg.latent_dim, num_classes, width=width, norm=getattr(cfg, "g_norm", "batch"),
@@ -259,13 +260,13 @@ def build(cfg, image_shape, num_classes) -> GanModel:
         if d_recon > 0:
             raise ValueError("model.d_recon needs model.discriminator=resnet (the patch discriminator has no "
                              "reconstruction head)")
-        if getattr(cfg, "d_norm", "none") != "none":
+        if d_norm != "none":
             raise ValueError("model.d_norm applies to model.discriminator=resnet (the patch discriminator always "
                              "uses instance norm)")
         d = PatchGanDiscriminator(image_shape, width=d_width, sn=not r1)
     else:
         d = ResDiscriminator(image_shape, num_classes, width=d_width, cap=max(256, 8 * d_width), sn=not r1,
-                             recon=d_recon > 0, norm=getattr(cfg, "d_norm", "none"))
+                             recon=d_recon > 0, norm_kind=d_norm)
     d.checkpointing = ckpt and r1
     # two time-scale learning rates (Heusel et al. 2017) as BigGAN (Brock et al. 2019): with equal ones,
     # the batch-normalised generator moved faster than the discriminator could follow (its real/fake
