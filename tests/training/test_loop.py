@@ -53,6 +53,67 @@ def test_a_few_steps_keep_losses_finite_and_change_the_weights(tmp_path, mednist
                for v in state.values())
 
 
+def _bn_input_moments(generator, zs, labels):
+    """Per batch: the mean and unbiased variance per channel of what the first batch norm sees."""
+    bn = next(m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    hook = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    generator.train()
+    with torch.no_grad():
+        for z, y in zip(zs, labels):
+            generator(z, y)
+    hook.remove()
+    return [(t.mean((0, 2, 3)), t.var((0, 2, 3), unbiased=True)) for t in seen]
+
+
+@pytest.mark.parametrize("num_classes", [0, 3])
+def test_standing_stats_are_the_mean_statistics_of_the_generators_own_batches(num_classes):
+    import copy
+
+    from medsynth.models.resgan import ResGenerator
+
+    torch.manual_seed(0)
+    g = ResGenerator((1, 32, 32), latent_dim=16, num_classes=num_classes, width=8)
+    with torch.no_grad():          # some stale running statistics, as a training generator leaves them
+        g.train()(torch.randn(8, 16) * 3, torch.zeros(8, dtype=torch.long) if num_classes else None)
+    g.eval()
+    before = {k: v.clone() for k, v in g.state_dict().items()}
+    assert loop.standing_stats(g, num_classes, 8, torch.device("cpu"), seed=5, batches=3)
+    assert not g.training
+    # the same latents and labels as standing_stats draws
+    gen = torch.Generator().manual_seed(5)
+    zs, ys = [], []
+    for _ in range(3):
+        zs.append(torch.randn(8, 16, generator=gen))
+        ys.append(torch.randint(0, num_classes, (8,), generator=gen) if num_classes else None)
+    moments = _bn_input_moments(copy.deepcopy(g), zs, ys)
+    bn = next(m for m in g.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.allclose(bn.running_mean, torch.stack([m for m, _ in moments]).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack([v for _, v in moments]).mean(0), atol=1e-5)
+    assert not torch.allclose(bn.running_mean, before[[k for k in before if k.endswith("running_mean")][0]])
+    for k, v in g.state_dict().items():       # weights untouched, momentum restored
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            assert torch.equal(v, before[k]), k
+    assert all(m.momentum == 0.1 for m in g.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    pixel = ResGenerator((1, 32, 32), latent_dim=16, width=8, norm="pixel")
+    assert not loop.standing_stats(pixel, 0, 8, torch.device("cpu"), seed=5)
+
+
+def test_checkpoints_hold_the_ema_generators_standing_stats(tmp_path, mednist_small):
+    from medsynth.models import build_model
+
+    cfg = tiny_config(mednist_small, **{"model.name": "resgan", "model.conditional": True})
+    result = train(cfg, tmp_path / "run", progress=False)
+    state = load_checkpoint(result.checkpoint)
+    ema = build_model(cfg.model, (1, 32, 32), 2).generator
+    ema.load_state_dict(state["ema"])
+    loop.standing_stats(ema, 2, cfg.train.batch_size, torch.device("cpu"), cfg.seed + 777)
+    for k, v in ema.state_dict().items():
+        assert torch.allclose(v.float(), state["ema"][k].float(), atol=1e-5), k
+    key = next(k for k in state["ema"] if k.endswith("running_mean"))
+    assert not torch.equal(state["ema"][key], state["generator"][key])   # not the training generator's
+
+
 def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, mednist_small, monkeypatch):
     over = {"model.name": "resgan", "model.conditional": True, "train.steps": 6}
     straight = train(tiny_config(mednist_small, **over), tmp_path / "a", progress=False)
