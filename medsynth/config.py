@@ -108,10 +108,18 @@ class ModelConfig:
                           help="resgan: generator normalisation: batch (batch norm, class-conditional gain and "
                                "bias) or pixel (per-sample feature normalisation: a sample never depends on its "
                                "batch; for per-device batches of a few volumes; more prone to mode collapse)")
+    g_upsample: str = _choice("nearest", "nearest", "linear",
+                              help="resgan: the generator's 2x upsampling: nearest (repeats each value) or linear "
+                                   "(bilinear in 2D, trilinear in 3D: smoother, fewer blocky and striped "
+                                   "artefacts)")
     d_norm: str = _choice("none", "none", "instance",
                           help="resgan (resnet discriminator): normalisation after each discriminator convolution: "
                                "none, or instance (per image and channel, with a learned gain and bias; each "
                                "image is judged on its own, so R1 and the concatenated real/fake pass still hold)")
+    d_mbstd: int = _opt(0, "resgan (resnet discriminator): group size of a minibatch standard deviation feature "
+                           "before the last discriminator block (Karras et al. 2018): lets D see when the "
+                           "generator's samples look alike; real and generated images then go through D in "
+                           "separate passes (slower); 0: off", min=0)
     discriminator: str = _choice("resnet", "resnet", "patch",
                                  help="resgan: resnet (residual, projection-conditioned, global score) or patch "
                                       "(MONAI PatchDiscriminator: a score per patch, unconditional; light for 3D)")

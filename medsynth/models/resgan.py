@@ -3,11 +3,11 @@
 Built from MONAI layer factories so one ``spatial_dims`` gives 2D and 3D:
 
 * generator: latent (+ learned class embedding) -> linear -> 4^d feature map -> residual up-blocks
-  (nearest upsample, 3x3 convs, batch norm, ReLU, 1x1 skip) -> conv -> tanh; any power-of-two size
-  from 32 to 256 (3D: 16 to 128);
+  (nearest or linear upsample, 3x3 convs, batch norm, ReLU, 1x1 skip) -> conv -> tanh; any
+  power-of-two size from 32 to 256 (3D: 16 to 128);
 * discriminator: residual down-blocks with spectral normalisation on every weight (Miyato et al.
-  2018), average-pool downsampling, global sum pooling, and a projection head for the class
-  (Miyato & Koyama 2018);
+  2018) or an R1 penalty, optional instance norm and minibatch standard deviation, average-pool
+  downsampling, global sum pooling, and a projection head for the class (Miyato & Koyama 2018);
 * recipe: hinge loss, Adam 2e-4 / (0.0, 0.99), generator EMA, differentiable augmentation for small
   datasets (Zhao et al. 2020: translation, cutout, brightness/contrast; no flips, anatomy has a
   left and a right).
@@ -68,14 +68,19 @@ def _g_norm(kind: str, dims: int, channels: int, num_classes: int):
     return GenNorm(kind, dims, channels, num_classes)
 
 
+UPSAMPLE = {"nearest": {2: "nearest", 3: "nearest"}, "linear": {2: "bilinear", 3: "trilinear"}}
+
+
 class UpBlock(nn.Module):
-    def __init__(self, dims: int, cin: int, cout: int, norm: str = "batch", num_classes: int = 0):
+    def __init__(self, dims: int, cin: int, cout: int, norm: str = "batch", num_classes: int = 0,
+                 upsample: str = "nearest"):
         super().__init__()
         conv, _, _ = _layers(dims)
         self.n1, self.c1 = _g_norm(norm, dims, cin, num_classes), conv(cin, cout, 3, padding=1)
         self.n2, self.c2 = _g_norm(norm, dims, cout, num_classes), conv(cout, cout, 3, padding=1)
         self.skip = conv(cin, cout, 1)
-        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        mode = UPSAMPLE[upsample][dims]
+        self.up = nn.Upsample(scale_factor=2, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))
 
     def forward(self, x, labels=None):
         h = self.c1(self.up(torch.relu(self.n1(x, labels))))
@@ -93,6 +98,31 @@ def _d_norm(kind: str, dims: int, channels: int) -> nn.Module:
 
         return Norm[Norm.INSTANCE, dims](channels, affine=True)
     return nn.Identity()
+
+
+class MinibatchStd(nn.Module):
+    """Minibatch standard deviation (Karras et al. 2018, ProGAN; as in StyleGAN2): one feature map
+    holding the mean over channels and positions of the features' standard deviation across a group
+    of ``group`` images, appended to the features. A generator that draws the same image every time
+    gives groups of fakes a near-zero deviation, which the discriminator can see and penalise.
+
+    Groups are consecutive images (0..g-1, g..2g-1, ...), so a batch made of equal parts (real,
+    then generated) never mixes the two in a group when each part's size is a multiple of the group;
+    the group shrinks to the largest divisor of the batch size not above ``group``."""
+
+    def __init__(self, group: int):
+        super().__init__()
+        self.group = group
+
+    def forward(self, x):
+        n = x.shape[0]
+        g = min(self.group, n)
+        while n % g:
+            g -= 1
+        y = x.float().reshape(n // g, g, -1)
+        std = (y.var(1, unbiased=False) + 1e-8).sqrt().mean(1)          # (n // g,)
+        std = std.repeat_interleave(g).to(x.dtype).view(n, 1, *([1] * (x.dim() - 2)))
+        return torch.cat([x, std.expand(n, 1, *x.shape[2:])], 1)
 
 
 class DownBlock(nn.Module):
@@ -121,7 +151,7 @@ def _widths(base: int, steps: int, cap: int) -> list[int]:
 
 class ResGenerator(nn.Module):
     def __init__(self, image_shape, latent_dim: int = 128, num_classes: int = 0, width: int = 32, cap: int = 256,
-                 norm: str = "batch", checkpointing: bool = False):
+                 norm: str = "batch", checkpointing: bool = False, upsample: str = "nearest"):
         super().__init__()
         self.checkpointing = checkpointing
         channels, *spatial = image_shape
@@ -132,7 +162,7 @@ class ResGenerator(nn.Module):
         self.start_shape = (widths[0], *([start] * self.dims))
         self.embed = nn.Embedding(num_classes, latent_dim) if num_classes else None
         self.fc = nn.Linear(latent_dim * (2 if num_classes else 1), int(math.prod(self.start_shape)))
-        self.blocks = nn.ModuleList([UpBlock(self.dims, widths[i], widths[i + 1], norm, num_classes)
+        self.blocks = nn.ModuleList([UpBlock(self.dims, widths[i], widths[i + 1], norm, num_classes, upsample)
                                      for i in range(steps)])
         conv = _layers(self.dims)[0]
         self.out_norm = _g_norm(norm, self.dims, widths[-1], num_classes)
@@ -159,7 +189,7 @@ def _run(block, checkpointing: bool, *args):
 
 class ResDiscriminator(nn.Module):
     def __init__(self, image_shape, num_classes: int = 0, width: int = 32, cap: int = 256, sn: bool = True,
-                 recon: bool = False, norm_kind: str = "none"):
+                 recon: bool = False, norm_kind: str = "none", mbstd: int = 0):
         super().__init__()
         channels, *spatial = image_shape
         dims = len(spatial)
@@ -168,7 +198,11 @@ class ResDiscriminator(nn.Module):
         norm = spectral_norm if sn else _identity
         blocks = [DownBlock(dims, channels, widths[0], first=True, sn=sn, norm_kind=norm_kind)]
         blocks += [DownBlock(dims, widths[i], widths[i + 1], sn=sn, norm_kind=norm_kind) for i in range(steps - 1)]
-        blocks += [DownBlock(dims, widths[steps - 1], widths[steps], down=False, sn=sn, norm_kind=norm_kind)]
+        # minibatch std before the last block (at 4^d), as in StyleGAN2: one more input channel there
+        if mbstd:
+            blocks.append(MinibatchStd(mbstd))
+        blocks += [DownBlock(dims, widths[steps - 1] + (1 if mbstd else 0), widths[steps], down=False, sn=sn,
+                             norm_kind=norm_kind)]
         self.blocks = nn.Sequential(*blocks)
         self.linear = norm(nn.Linear(widths[steps], 1))
         self.embed = norm(nn.Embedding(num_classes, widths[steps])) if num_classes else None
@@ -249,10 +283,11 @@ def build(cfg, image_shape, num_classes) -> GanModel:
     d_width = getattr(cfg, "d_width", None) or width
     d_recon = float(getattr(cfg, "d_recon", 0.0))
     d_norm = getattr(cfg, "d_norm", "none")
+    d_mbstd = int(getattr(cfg, "d_mbstd", 0))
     r1 = getattr(cfg, "d_regularization", "spectral_norm") == "r1"
     ckpt = bool(getattr(cfg, "checkpointing", False))
     g = ResGenerator(image_shape, cfg.latent_dim, num_classes, width=width, norm=getattr(cfg, "g_norm", "batch"),
-                     checkpointing=ckpt)
+                     checkpointing=ckpt, upsample=getattr(cfg, "g_upsample", "nearest"))
     if getattr(cfg, "discriminator", "resnet") == "patch":
         if num_classes:
             raise ValueError("model.discriminator=patch is unconditional; use model.discriminator=resnet for a "
@@ -263,10 +298,12 @@ def build(cfg, image_shape, num_classes) -> GanModel:
         if d_norm != "none":
             raise ValueError("model.d_norm applies to model.discriminator=resnet (the patch discriminator always "
                              "uses instance norm)")
+        if d_mbstd:
+            raise ValueError("model.d_mbstd applies to model.discriminator=resnet")
         d = PatchGanDiscriminator(image_shape, width=d_width, sn=not r1)
     else:
         d = ResDiscriminator(image_shape, num_classes, width=d_width, cap=max(256, 8 * d_width), sn=not r1,
-                             recon=d_recon > 0, norm_kind=d_norm)
+                             recon=d_recon > 0, norm_kind=d_norm, mbstd=d_mbstd)
     d.checkpointing = ckpt and r1
     # two time-scale learning rates (Heusel et al. 2017) as BigGAN (Brock et al. 2019): with equal ones,
     # the batch-normalised generator moved faster than the discriminator could follow (its real/fake
@@ -276,7 +313,8 @@ def build(cfg, image_shape, num_classes) -> GanModel:
     augment = getattr(cfg, "augment", None)
     augment = KINDS if augment is None else tuple(augment)     # default: all of them
     return GanModel(g, d, loss="nonsaturating" if r1 else "hinge", lr_g=5e-5, lr_d=2e-4, betas=(0.0, 0.99),
-                    ema=True, d_per_sample=True, augment=augment,
+                    # minibatch std scores images by group: real and generated ones go through D apart
+                    ema=True, d_per_sample=not d_mbstd, augment=augment,
                     augment_p=float(getattr(cfg, "augment_p", 1.0)), ada_target=getattr(cfg, "ada_target", None),
                     ada_images=int(getattr(cfg, "ada_images", 100_000)),
                     r1_gamma=float(getattr(cfg, "r1_gamma", 1.0)) if r1 else 0.0,

@@ -309,13 +309,18 @@ def _d_pair(d, real, fake, y, per_sample: bool):
     return d(real, y).float(), d(fake, y).float()
 
 
-def _d_pair_recon(d, real, fake, y):
+def _d_pair_recon(d, real, fake, y, per_sample: bool = True):
     """As :func:`_d_pair` for a discriminator with a reconstruction head, plus the mean squared error
     of its reconstruction of the real images (area-downsampled to the reconstruction's size)."""
     n = real.shape[0]
-    out, rec = d(torch.cat([real, fake]), torch.cat([y, y]) if y is not None else None, reconstruct=True)
+    if per_sample:
+        out, rec = d(torch.cat([real, fake]), torch.cat([y, y]) if y is not None else None, reconstruct=True)
+        real_out, fake_out = out[:n], out[n:]
+    else:
+        real_out, rec = d(real, y, reconstruct=True)
+        fake_out = d(fake, y)
     target = F.interpolate(real.detach().float(), size=rec.shape[2:], mode="area")
-    return out[:n].float(), out[n:].float(), F.mse_loss(rec[:n].float(), target)
+    return real_out.float(), fake_out.float(), F.mse_loss(rec[:n].float(), target)
 
 
 def _has_spectral_norm(m: torch.nn.Module) -> bool:
@@ -620,7 +625,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
                     if r1:
                         r_in = r_in.detach().requires_grad_(True)
                     if model.d_recon > 0:
-                        real_logits, fake_logits, rec_loss = _d_pair_recon(net, r_in, f_in, y)
+                        real_logits, fake_logits, rec_loss = _d_pair_recon(net, r_in, f_in, y, model.d_per_sample)
                         loss_d = d_loss(model.loss, real_logits, fake_logits) + model.d_recon * rec_loss
                     else:
                         real_logits, fake_logits = _d_pair(net, r_in, f_in, y, model.d_per_sample)

@@ -77,3 +77,68 @@ def test_d_norm_is_validated_and_refused_for_the_patch_discriminator():
     cfg = resolve_config(None, {"data.path": "unused", "model.discriminator": "patch", "model.d_norm": "instance"})
     with pytest.raises(ValueError, match="d_norm applies to model.discriminator=resnet"):
         build_model(cfg.model, (1, 32, 32))
+
+
+def _resgan(size=(1, 32, 32), **over):
+    base = {"data.path": "unused", "model.width": 8, "model.d_regularization": "r1", "model.d_norm": "instance"}
+    return build_model(resolve_config(None, {**base, **over}).model, size)
+
+
+def test_minibatch_std_appends_the_deviation_of_consecutive_groups():
+    import torch
+
+    from medsynth.models.resgan import MinibatchStd
+
+    x = torch.tensor([0.0, 3.0, 0.0, 1.0, 1.0, 1.0]).view(6, 1, 1, 1).expand(6, 1, 2, 2)
+    out = MinibatchStd(4)(x)          # 6 images: the group shrinks to 3, the largest divisor of 6 up to 4
+    assert out.shape == (6, 2, 2, 2) and torch.equal(out[:, :1], x)
+    assert torch.allclose(out[:3, 1], torch.full((3, 2, 2), 2 ** 0.5))       # (0, 3, 0): variance 2
+    assert torch.allclose(out[3:, 1], torch.zeros(3, 2, 2), atol=1e-3)        # identical images: ~0
+    assert torch.allclose(MinibatchStd(4)(x[:1])[:, 1], torch.zeros(1, 2, 2), atol=1e-3)   # a lone image
+
+
+def test_d_mbstd_scores_images_with_their_group_only():
+    import torch
+
+    model = _resgan(**{"model.d_mbstd": 2})
+    d = model.discriminator.train()
+    assert sum(isinstance(m, torch.nn.Module) and type(m).__name__ == "MinibatchStd" for m in d.modules()) == 1
+    assert model.d_per_sample is False          # the loop scores real and generated images in separate passes
+    torch.manual_seed(0)
+    x = torch.randn(8, 1, 32, 32)
+    with torch.no_grad():
+        full = d(x)
+        assert torch.allclose(full, torch.cat([d(x[:4]), d(x[4:])]), atol=1e-5)   # groups never span halves
+        assert not torch.allclose(full[:2], torch.cat([d(x[:1]), d(x[1:2])]), atol=1e-3)  # group-mates matter
+        y = x.clone()
+        y[5] = torch.randn(1, 32, 32)
+        moved = (d(y) - full).abs() > 1e-5
+    assert moved.tolist() == [False, False, False, False, True, True, False, False]
+
+
+def test_g_upsample_linear_changes_only_the_interpolation():
+    import torch
+
+    near, lin = _resgan(), _resgan(**{"model.g_upsample": "linear"})
+    modes = {b.up.mode for b in lin.generator.blocks}
+    assert modes == {"bilinear"} and {b.up.mode for b in near.generator.blocks} == {"nearest"}
+    assert near.generator.state_dict().keys() == lin.generator.state_dict().keys()   # old checkpoints load
+    lin.generator.load_state_dict(near.generator.state_dict())
+    z = torch.randn(4, 64)
+    with torch.no_grad():
+        a, b = near.generator.eval()(z), lin.generator.eval()(z)
+    assert a.shape == b.shape == (4, 1, 32, 32) and not torch.allclose(a, b, atol=1e-4)
+    vol = _resgan((1, 16, 16, 16), **{"model.g_upsample": "linear"}).generator.eval()
+    assert {b.up.mode for b in vol.blocks} == {"trilinear"}
+    with torch.no_grad():
+        assert vol(torch.randn(1, 64)).shape == (1, 1, 16, 16, 16)
+
+
+def test_g_upsample_and_d_mbstd_are_validated():
+    with pytest.raises(ConfigError, match="model.g_upsample"):
+        resolve_config(None, {"data.path": "unused", "model.g_upsample": "cubic"})
+    with pytest.raises(ConfigError, match="model.d_mbstd"):
+        resolve_config(None, {"data.path": "unused", "model.d_mbstd": -1})
+    cfg = resolve_config(None, {"data.path": "unused", "model.discriminator": "patch", "model.d_mbstd": 4})
+    with pytest.raises(ValueError, match="d_mbstd applies to model.discriminator=resnet"):
+        build_model(cfg.model, (1, 32, 32))

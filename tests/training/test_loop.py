@@ -26,7 +26,10 @@ def _assert_same(a, b):
 
 @pytest.mark.parametrize("model, conditional, extra", [
     ("dcgan", False, {}), ("resgan", False, {}), ("resgan", True, {}),
-    ("resgan", True, {"model.d_regularization": "r1", "model.d_norm": "instance"})])
+    ("resgan", True, {"model.d_regularization": "r1", "model.d_norm": "instance"}),
+    # separate real/generated passes (minibatch std), also with the reconstruction head
+    ("resgan", False, {"model.d_regularization": "r1", "model.d_norm": "instance", "model.d_mbstd": 4,
+                       "model.g_upsample": "linear", "model.d_recon": 0.5})])
 def test_a_few_steps_keep_losses_finite_and_change_the_weights(tmp_path, mednist_small, model, conditional, extra):
     cfg = tiny_config(mednist_small, **{"model.name": model, "model.conditional": conditional, **extra})
     from medsynth.models import build_model
