@@ -33,8 +33,10 @@ def test_same_seed_same_images_independent_of_batch_size(conditional_run):
     c, _ = g.sample(4, seed=7)
     d, _ = g.sample(10, seed=8)
     assert a.shape == (10, 1, 32, 32) and float(a.min()) >= -1 and float(a.max()) <= 1
-    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
-    torch.testing.assert_close(a[:4], c, rtol=0, atol=1e-6)
+    # equal up to float rounding: convolution kernels sum in a batch-size-dependent order (differences of
+    # ~1e-6 seen); a batch-dependent generator (batch norm in training mode) differs by orders more
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    torch.testing.assert_close(a[:4], c, rtol=0, atol=1e-5)
     assert not torch.allclose(a, d)
     assert torch.equal(ya, yb)
 
