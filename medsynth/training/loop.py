@@ -148,7 +148,7 @@ def standing_stats(generator: torch.nn.Module, num_classes: int, batch_size: int
 
     The EMA generator otherwise evaluates with the training generator's running statistics, which
     were gathered under other weights: on MedNIST chest X-rays (1,500 steps) recomputing them moved
-    FID from 159.0 to 150.9. Uses its own random generator (the training trajectory does not change)
+    FID from 159.0 to 151.0. Uses its own random generator (the training trajectory does not change)
     and leaves the weights alone; the EMA update overwrites these buffers at the next step. Returns
     whether there was any batch norm to recompute."""
     bns = [m for m in generator.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
