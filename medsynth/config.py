@@ -119,7 +119,7 @@ class ModelConfig:
     d_mbstd: int = _opt(0, "resgan (resnet discriminator): group size of a minibatch standard deviation feature "
                            "before the last discriminator block (Karras et al. 2018): lets D see when the "
                            "generator's samples look alike; real and generated images then go through D in "
-                           "separate passes (slower); 0: off", min=0)
+                           "separate passes; 0: off", min=0)
     discriminator: str = _choice("resnet", "resnet", "patch",
                                  help="resgan: resnet (residual, projection-conditioned, global score) or patch "
                                       "(MONAI PatchDiscriminator: a score per patch, unconditional; light for 3D)")
