@@ -76,6 +76,21 @@ def test_batch_norm_generator_with_default_precision_checkpoints_and_ranks_agree
 
 
 @pytest.mark.slow
+def test_minibatch_std_discriminator_with_separate_real_and_generated_passes_under_ddp(tmp_path, mednist_small):
+    """model.d_mbstd sends real and generated images through the DDP-wrapped discriminator in two
+    forward passes before one backward (with R1 on real images and the reconstruction head): the run
+    must finish and the ranks agree."""
+    config = _config_file(tmp_path, mednist_small, **{"model.d_mbstd": 2, "model.d_regularization": "r1",
+                                                      "model.d_norm": "instance", "model.d_recon": 0.5,
+                                                      "model.conditional": False})
+    run = tmp_path / "run"
+    p = _torchrun(tmp_path, 2, "train", "--config", config, "--run-dir", run)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r0, _ = _rank_states_identical(tmp_path)
+    assert any(".n1.weight" in name for name in r0["discriminator"])
+
+
+@pytest.mark.slow
 def test_two_gloo_ranks_train_identically_match_one_process_and_resume_alone(tmp_path, mednist_small):
     config = _config_file(tmp_path, mednist_small)
     run = tmp_path / "run"
