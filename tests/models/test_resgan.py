@@ -100,9 +100,11 @@ def test_minibatch_std_appends_the_deviation_of_consecutive_groups():
 def test_d_mbstd_scores_images_with_their_group_only():
     import torch
 
+    from medsynth.models.resgan import MinibatchStd
+
     model = _resgan(**{"model.d_mbstd": 2})
     d = model.discriminator.train()
-    assert sum(isinstance(m, torch.nn.Module) and type(m).__name__ == "MinibatchStd" for m in d.modules()) == 1
+    assert sum(isinstance(m, MinibatchStd) for m in d.modules()) == 1
     assert model.d_per_sample is False          # the loop scores real and generated images in separate passes
     torch.manual_seed(0)
     x = torch.randn(8, 1, 32, 32)
