@@ -52,6 +52,27 @@ class TutorialDiscriminator(nn.Module):
         return self.net((x + 1.0) * 0.5).reshape(x.shape[0], -1).mean(1)
 
 
+DCGAN_SETTINGS = ("name", "latent_dim", "conditional")
+
+
+def resgan_only_settings(cfg) -> list[str]:
+    """The model settings that differ from their defaults and that dcgan ignores (all but
+    ``DCGAN_SETTINGS``): the training loop names them in a warning, so a baseline trained from a resgan
+    config with ``model.name=dcgan`` does not silently differ from what the config says."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(cfg):
+        return []
+    out = []
+    for f in dataclasses.fields(cfg):
+        if f.name in DCGAN_SETTINGS:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if getattr(cfg, f.name) != default:
+            out.append(f.name)
+    return out
+
+
 @register("dcgan")
 def build(cfg, image_shape, num_classes) -> GanModel:
     if num_classes:

@@ -144,3 +144,15 @@ def test_g_upsample_and_d_mbstd_are_validated():
     cfg = resolve_config(None, {"data.path": "unused", "model.discriminator": "patch", "model.d_mbstd": 4})
     with pytest.raises(ValueError, match="d_mbstd applies to model.discriminator=resnet"):
         build_model(cfg.model, (1, 32, 32))
+
+
+
+def test_dcgan_names_the_resgan_only_settings_it_ignores():
+    from medsynth.models.dcgan import resgan_only_settings
+
+    assert resgan_only_settings(resolve_config(None, {"data.path": "unused", "model.name": "dcgan",
+                                                      "model.latent_dim": 32}).model) == []
+    cfg = resolve_config(None, {"data.path": "unused", "model.name": "dcgan", "model.r1_gamma": 0.1,
+                                "model.augment": [], "model.d_norm": "instance"}).model
+    assert resgan_only_settings(cfg) == ["d_norm", "r1_gamma", "augment"]
+    assert build_model(cfg, (1, 64, 64)).loss == "bce"      # still builds: the training loop warns

@@ -174,6 +174,13 @@ def test_bad_setups_get_clear_messages(tmp_path, mednist_small):
               progress=False)
 
 
+def test_dcgan_warns_about_the_resgan_settings_it_ignores(tmp_path, mednist_small, capsys):
+    # the tiny config is a resgan config (model.width: 8); switched to dcgan, that setting does nothing
+    train(tiny_config(mednist_small, **{"model.name": "dcgan", "train.steps": 1}), tmp_path / "run", progress=False)
+    assert "warning: dcgan (MONAI's tutorial networks) ignores model.width: resgan-only settings" in \
+        capsys.readouterr().err
+
+
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, mednist_small):
     run = tmp_path / "run"
     train(tiny_config(mednist_small, **{"model.name": "dcgan", "train.steps": 2}), run, progress=False)
