@@ -61,16 +61,9 @@ def resgan_only_settings(cfg) -> list[str]:
     config with ``model.name=dcgan`` does not silently differ from what the config says."""
     import dataclasses
 
-    if not dataclasses.is_dataclass(cfg):
-        return []
-    out = []
-    for f in dataclasses.fields(cfg):
-        if f.name in DCGAN_SETTINGS:
-            continue
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if getattr(cfg, f.name) != default:
-            out.append(f.name)
-    return out
+    default = type(cfg)()
+    return [f.name for f in dataclasses.fields(cfg)
+            if f.name not in DCGAN_SETTINGS and getattr(cfg, f.name) != getattr(default, f.name)]
 
 
 @register("dcgan")

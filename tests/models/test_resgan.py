@@ -146,7 +146,6 @@ def test_g_upsample_and_d_mbstd_are_validated():
         build_model(cfg.model, (1, 32, 32))
 
 
-
 def test_dcgan_names_the_resgan_only_settings_it_ignores():
     from medsynth.models.dcgan import resgan_only_settings
 
