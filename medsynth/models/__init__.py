@@ -37,6 +37,9 @@ class GanModel:
     d_steps: int = 1               # discriminator updates per generator update (on the same batch)
     d_per_sample: bool = True      # D treats samples independently (no batch norm): real and fake
                                    # may go through it as one concatenated batch
+    # model settings set away from their defaults that this model (as configured) does not use, with the
+    # reason: the training loop warns about them, so a run never silently differs from what its config says
+    ignored: dict[str, str] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
 
@@ -58,6 +61,15 @@ def build_model(cfg, image_shape: tuple[int, ...], num_classes: int = 0) -> GanM
     if cfg.name not in _REGISTRY:
         raise ValueError(f"unknown model {cfg.name!r}; available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[cfg.name](cfg, tuple(image_shape), num_classes)
+
+
+def changed_settings(cfg, names=None) -> list[str]:
+    """The model settings among ``names`` (default: all) whose value differs from the default, in field order."""
+    import dataclasses
+
+    default = type(cfg)()
+    return [f.name for f in dataclasses.fields(cfg)
+            if (names is None or f.name in names) and getattr(cfg, f.name) != getattr(default, f.name)]
 
 
 def _load_builtin():

@@ -18,7 +18,7 @@ from __future__ import annotations
 from monai.networks.utils import normal_init  # the tutorial's initialiser
 from torch import nn
 
-from medsynth.models import GanModel, register
+from medsynth.models import GanModel, changed_settings, register
 
 
 class TutorialGenerator(nn.Module):
@@ -57,13 +57,11 @@ DCGAN_SETTINGS = ("name", "latent_dim", "conditional")
 
 def resgan_only_settings(cfg) -> list[str]:
     """The model settings that differ from their defaults and that dcgan ignores (all but
-    ``DCGAN_SETTINGS``): the training loop names them in a warning, so a baseline trained from a resgan
-    config with ``model.name=dcgan`` does not silently differ from what the config says."""
+    ``DCGAN_SETTINGS``), so a baseline trained from a resgan config with ``model.name=dcgan`` does not
+    silently differ from what the config says (``GanModel.ignored``; the training loop warns)."""
     import dataclasses
 
-    default = type(cfg)()
-    return [f.name for f in dataclasses.fields(cfg)
-            if f.name not in DCGAN_SETTINGS and getattr(cfg, f.name) != getattr(default, f.name)]
+    return changed_settings(cfg, [f.name for f in dataclasses.fields(cfg) if f.name not in DCGAN_SETTINGS])
 
 
 @register("dcgan")
@@ -72,7 +70,9 @@ def build(cfg, image_shape, num_classes) -> GanModel:
         raise ValueError("dcgan is unconditional; set model.conditional: false or use model.name: resgan")
     g = TutorialGenerator(image_shape, cfg.latent_dim)
     d = TutorialDiscriminator(image_shape)
-    return GanModel(g, d, loss="bce", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), d_steps=5)
+    return GanModel(g, d, loss="bce", lr_g=2e-4, lr_d=2e-4, betas=(0.5, 0.999), d_steps=5,
+                    ignored={k: "resgan-only settings (dcgan is MONAI's tutorial networks)"
+                             for k in resgan_only_settings(cfg)})
 
 
 def count_parameters(m: nn.Module) -> int:

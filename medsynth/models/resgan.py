@@ -22,7 +22,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.utils.checkpoint import checkpoint
 
-from medsynth.models import GanModel, register
+from medsynth.models import GanModel, changed_settings, register
 
 
 def _layers(dims: int):
@@ -312,10 +312,18 @@ def build(cfg, image_shape, num_classes) -> GanModel:
 
     augment = getattr(cfg, "augment", None)
     augment = KINDS if augment is None else tuple(augment)     # default: all of them
+    ada = getattr(cfg, "ada_target", None)
+    unused = {"r1_gamma": "used only with model.d_regularization: r1"} if not r1 else {}
+    if not augment:
+        unused.update(dict.fromkeys(("augment_p", "ada_target", "ada_images"), "model.augment is empty"))
+    elif ada is not None:
+        unused["augment_p"] = "model.ada_target adapts the augmentation probability"
+    else:
+        unused["ada_images"] = "used only with model.ada_target"
     return GanModel(g, d, loss="nonsaturating" if r1 else "hinge", lr_g=5e-5, lr_d=2e-4, betas=(0.0, 0.99),
                     # minibatch std scores images by group: real and generated ones go through D apart
                     ema=True, d_per_sample=not d_mbstd, augment=augment,
-                    augment_p=float(getattr(cfg, "augment_p", 1.0)), ada_target=getattr(cfg, "ada_target", None),
+                    augment_p=float(getattr(cfg, "augment_p", 1.0)), ada_target=ada,
                     ada_images=int(getattr(cfg, "ada_images", 100_000)),
                     r1_gamma=float(getattr(cfg, "r1_gamma", 1.0)) if r1 else 0.0,
-                    d_recon=d_recon)
+                    d_recon=d_recon, ignored={k: unused[k] for k in changed_settings(cfg, unused)})

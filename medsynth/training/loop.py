@@ -488,13 +488,12 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     except ValueError as e:
         raise TrainingError(f"model.{cfg.model.name}: {e}") from None
     G, D = model.generator.to(device), model.discriminator.to(device)
-    if main and cfg.model.name == "dcgan":
-        from medsynth.models.dcgan import resgan_only_settings
-
-        ignored = resgan_only_settings(cfg.model)
-        if ignored:
-            print(f"warning: dcgan (MONAI's tutorial networks) ignores {', '.join('model.' + k for k in ignored)}: "
-                  "resgan-only settings", file=sys.stderr)
+    if main and model.ignored:
+        by_reason: dict[str, list[str]] = {}
+        for key, reason in model.ignored.items():
+            by_reason.setdefault(reason, []).append(f"model.{key}")
+        for reason, keys in by_reason.items():
+            print(f"warning: {cfg.model.name} ignores {', '.join(keys)}: {reason}", file=sys.stderr)
     lr_g = cfg.train.lr_g if cfg.train.lr_g is not None else model.lr_g
     lr_d = cfg.train.lr_d if cfg.train.lr_d is not None else model.lr_d
     betas = tuple(cfg.train.betas) if cfg.train.betas is not None else model.betas

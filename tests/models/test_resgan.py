@@ -154,4 +154,25 @@ def test_dcgan_names_the_resgan_only_settings_it_ignores():
     cfg = resolve_config(None, {"data.path": "unused", "model.name": "dcgan", "model.r1_gamma": 0.1,
                                 "model.augment": [], "model.d_norm": "instance"}).model
     assert resgan_only_settings(cfg) == ["d_norm", "r1_gamma", "augment"]
-    assert build_model(cfg, (1, 64, 64)).loss == "bce"      # still builds: the training loop warns
+    model = build_model(cfg, (1, 64, 64))
+    assert model.loss == "bce"      # still builds: the training loop warns
+    assert list(model.ignored) == ["d_norm", "r1_gamma", "augment"]
+    assert set(model.ignored.values()) == {"resgan-only settings (dcgan is MONAI's tutorial networks)"}
+
+
+@pytest.mark.parametrize("over, ignored", [
+    ({}, []),                                                                   # the defaults use everything
+    ({"model.r1_gamma": 0.1}, ["r1_gamma"]),                                    # spectral norm: no R1 penalty
+    ({"model.d_regularization": "r1", "model.r1_gamma": 0.1}, []),
+    ({"model.ada_images": 5000}, ["ada_images"]),                               # fixed augment_p
+    ({"model.ada_target": 0.6, "model.ada_images": 5000}, []),
+    ({"model.ada_target": 0.6, "model.augment_p": 0.5}, ["augment_p"]),         # ADA sets p itself
+    ({"model.augment": [], "model.augment_p": 0.5, "model.ada_target": 0.6}, ["augment_p", "ada_target"]),
+    ({"model.augment": ["cutout"], "model.augment_p": 0.5}, []),
+])
+def test_resgan_names_the_settings_its_configuration_does_not_use(over, ignored):
+    cfg = resolve_config(None, {"data.path": "unused", "model.width": 8, **over}).model
+    model = build_model(cfg, (1, 32, 32))
+    assert list(model.ignored) == ignored
+    if "r1_gamma" in ignored:
+        assert model.ignored["r1_gamma"] == "used only with model.d_regularization: r1" and model.r1_gamma == 0.0

@@ -177,8 +177,18 @@ def test_bad_setups_get_clear_messages(tmp_path, mednist_small):
 def test_dcgan_warns_about_the_resgan_settings_it_ignores(tmp_path, mednist_small, capsys):
     # the tiny config is a resgan config (model.width: 8); switched to dcgan, that setting does nothing
     train(tiny_config(mednist_small, **{"model.name": "dcgan", "train.steps": 1}), tmp_path / "run", progress=False)
-    assert "warning: dcgan (MONAI's tutorial networks) ignores model.width: resgan-only settings" in \
+    assert "warning: dcgan ignores model.width: resgan-only settings (dcgan is MONAI's tutorial networks)" in \
         capsys.readouterr().err
+
+
+def test_resgan_warns_about_settings_its_configuration_does_not_use(tmp_path, mednist_small, capsys):
+    train(tiny_config(mednist_small, **{"model.r1_gamma": 0.1, "model.ada_images": 5000, "train.steps": 1}),
+          tmp_path / "run", progress=False)
+    err = capsys.readouterr().err
+    assert "warning: resgan ignores model.r1_gamma: used only with model.d_regularization: r1" in err
+    assert "warning: resgan ignores model.ada_images: used only with model.ada_target" in err
+    train(tiny_config(mednist_small, **{"train.steps": 1}), tmp_path / "plain", progress=False)
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, mednist_small):
