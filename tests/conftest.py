@@ -2,10 +2,30 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+
+def _threads_per_xdist_worker() -> int | None:
+    """CPU threads each pytest-xdist worker may use: the cores divided among the workers; None outside
+    xdist or when OMP_NUM_THREADS is already set."""
+    if "PYTEST_XDIST_WORKER" not in os.environ or "OMP_NUM_THREADS" in os.environ:
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+# `make test` runs two xdist workers on CI's two cores. Each worker's torch (and every subprocess it
+# starts: CLI runs, notebook kernels) would otherwise use a thread per core, four busy threads on two cores,
+# and oversubscribed OpenMP threads spin against each other: the two notebook tests took 174 s together
+# instead of 90 s. Set before torch is imported, so torch and child processes pick it up.
+_THREADS = _threads_per_xdist_worker()
+if _THREADS is not None:
+    os.environ["OMP_NUM_THREADS"] = str(_THREADS)
+    os.environ.setdefault("MKL_NUM_THREADS", str(_THREADS))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -46,3 +66,10 @@ def tree_state(root: Path) -> dict:
             st = p.stat()
             out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
     return out
+
+
+def pytest_configure(config):
+    import sys
+
+    if _THREADS is not None and "torch" in sys.modules:      # imported before this conftest: tell it directly
+        sys.modules["torch"].set_num_threads(_THREADS)
