@@ -144,7 +144,9 @@ def _to_ras(array: np.ndarray, affine):
     from monai.transforms import Orientation
 
     t = MetaTensor(np.ascontiguousarray(array)[None], affine=np.asarray(affine, dtype=np.float64))
-    return Orientation(axcodes="RAS")(t)
+    # nibabel affines map to RAS+; naming the labels keeps MONAI >= 1.5 from warning (once per reader process)
+    # that its default labels will follow the tensor's space
+    return Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(t)
 
 
 def _spacing_of(affine) -> tuple[float, ...]:
