@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 SIZES = [(80, 320), (200, 200), (100, 300), (80, 80), (160, 240), (40, 360)]
@@ -35,6 +32,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import numpy as np
+    from bench_data import machine_info  # the same machine description as the other benchmarks
 
     from medsynth.config import resolve_config
     from medsynth.data import build_dataset
@@ -68,8 +66,7 @@ def main(argv=None) -> int:
     x = np.array([1 / r["n1"] + 1 / r["n2"] for r in rows[1:]])
     y = np.array([r["fid"] for r in rows[1:]])
     slope, intercept = np.polyfit(x, y, 1)
-    out = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-           "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    out = {"machine": machine_info(),          # CPU model, cores, RAM, library versions and the date
            "config": args.config, "images": len(pool), "train": n_train, "draws": args.draws, "rows": rows,
            "fit": {"intercept": float(intercept), "slope": float(slope)},
            f"predicted_{args.samples}_vs_train": float(intercept + slope * (1 / args.samples + 1 / n_train))}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ _THREADS = _threads_per_xdist_worker()
 if _THREADS is not None:
     os.environ["OMP_NUM_THREADS"] = str(_THREADS)
     os.environ.setdefault("MKL_NUM_THREADS", str(_THREADS))
+    if "torch" in sys.modules:          # imported before this conftest (by a plugin): tell it directly
+        sys.modules["torch"].set_num_threads(_THREADS)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -66,10 +69,3 @@ def tree_state(root: Path) -> dict:
             st = p.stat()
             out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
     return out
-
-
-def pytest_configure(config):
-    import sys
-
-    if _THREADS is not None and "torch" in sys.modules:      # imported before this conftest: tell it directly
-        sys.modules["torch"].set_num_threads(_THREADS)
