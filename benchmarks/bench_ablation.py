@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -44,13 +42,13 @@ def main(argv=None) -> int:
         ap.error("give at least one --variant")
 
     import numpy as np
+    from bench_data import machine_info  # CPU model, cores, RAM, versions, date
 
     from medsynth.config import resolve_config
     from medsynth.runs import prepare_run_data
     from medsynth.training.loop import FidHook, train
 
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "config": args.config,
+    result = {"machine": machine_info(), "config": args.config,
               "steps": args.steps, "samples": args.samples, "runs": []}
     for i, variant in enumerate(args.variant):
         overrides = variant.split() + [f"train.steps={args.steps}", f"train.checkpoint_every={args.steps}",

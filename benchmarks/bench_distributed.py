@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -81,8 +80,9 @@ def main(argv=None) -> int:
             many.append(run(cfg, tmp / "many", args.ranks, 1, True))
             threads.append(run(cfg, tmp / "threads", 1, args.ranks, False))
     best = {"1 rank": max(one), f"{args.ranks} ranks": max(many), f"1 process, {args.ranks} threads": max(threads)}
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "settings": vars(args),
+    from bench_data import machine_info  # CPU model, cores, RAM, versions, date
+
+    result = {"machine": machine_info(), "settings": vars(args),
               "images_per_s": best, "runs": {"1 rank": one, f"{args.ranks} ranks": many, "threads": threads},
               "scaling_efficiency": best[f"{args.ranks} ranks"] / (args.ranks * best["1 rank"])}
     print(json.dumps(result, indent=1))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -77,8 +76,9 @@ def main() -> None:
         a, b, c = (str(MEDNIST / n) for n in (args.real, args.synthetic, args.synthetic2))
         n = {k: len(os.listdir(p)) for k, p in (("real", a), ("synthetic", b), ("synthetic2", c))}
         workers = str(min(os.cpu_count() or 1, 8))
-        res: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-                     "date": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__, "images": n}
+        from bench_data import machine_info  # CPU model, cores, RAM, versions, date
+
+        res: dict = {"machine": machine_info(), "images": n}
 
         # 1. one-off FID of two folders
         t_pf, out = timed([PY, "-m", "pytorch_fid", a, b, "--device", "cpu", "--num-workers", workers], env)

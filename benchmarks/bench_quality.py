@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -46,9 +44,9 @@ def main(argv=None) -> int:
                     help="config overrides for every model, e.g. model.d_regularization=r1 (resgan only)")
     args = ap.parse_args(argv)
     out = Path(args.out)
-    result = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "steps": args.steps,
-              "samples": args.samples, "models": {}}
+    from bench_data import machine_info  # CPU model, cores, RAM, versions, date
+
+    result = {"machine": machine_info(), "steps": args.steps, "samples": args.samples, "models": {}}
     for name in args.models.split(","):
         run = out / (name + args.tag)
         t = time.perf_counter()
