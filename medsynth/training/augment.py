@@ -67,18 +67,22 @@ def check_kinds(kinds) -> None:
             raise ValueError(f"unknown augmentation {kind!r}; choose from {', '.join(KINDS)}")
 
 
-def augment(x, kinds, generator, part=None, p: float = 1.0):
+def augment(x, kinds, generator, part=None, p: float = 1.0, translation_ratio: float = 0.125):
     """Apply ``kinds`` in order. ``part = (start, total)``: ``x`` is rows ``start:start + B`` of a
     global batch of ``total`` split over ranks (see :func:`_rand`).
 
     ``p`` < 1: each kind is applied to each image with probability ``p`` (drawn per image and kind, as
-    in ADA, Karras et al. 2020); ``p`` <= 0 returns ``x`` unchanged and draws nothing."""
+    in ADA, Karras et al. 2020); ``p`` <= 0 returns ``x`` unchanged and draws nothing.
+    ``translation_ratio``: the largest shift, as a fraction of each side (see :func:`translation`)."""
     check_kinds(kinds)
     if p <= 0:
         return x
     view = (x.shape[0],) + (1,) * (x.dim() - 1)
     for kind in kinds:
-        out = {"translation": translation, "cutout": cutout, "intensity": intensity}[kind](x, generator, part)
+        if kind == "translation":
+            out = translation(x, generator, part, ratio=translation_ratio)
+        else:
+            out = {"cutout": cutout, "intensity": intensity}[kind](x, generator, part)
         x = out if p >= 1 else torch.where(_rand(view, generator, x.device, part) < p, out, x)
     return x
 

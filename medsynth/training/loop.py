@@ -559,6 +559,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     writer = _tensorboard(run_dir) if main else None
     log_path = run_dir / "train_log.jsonl"
     kinds = model.augment
+    shift = model.augment_translation
     ada = AdaptiveP(model.ada_target, model.ada_images, source.global_batch) if (
         kinds and model.ada_target is not None) else None
     if ada is not None and resume and state.get("ada") is not None:
@@ -612,7 +613,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
             D.requires_grad_(False)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
                 fake = g_step(z, y)
-                f_in = augment(fake, kinds, gen, part, aug_p) if kinds else fake
+                f_in = augment(fake, kinds, gen, part, aug_p, shift) if kinds else fake
                 loss_g = g_loss(model.loss, d_frozen(f_in, y).float())
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
@@ -626,8 +627,8 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
                 r1 = model.r1_gamma > 0 and step % R1_EVERY == 0
                 net = D if r1 else d_step
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=amp):
-                    r_in = augment(real, kinds, gen, part, aug_p) if kinds else real
-                    f_in = augment(fake, kinds, gen, part, aug_p) if kinds else fake
+                    r_in = augment(real, kinds, gen, part, aug_p, shift) if kinds else real
+                    f_in = augment(fake, kinds, gen, part, aug_p, shift) if kinds else fake
                     if r1:
                         r_in = r_in.detach().requires_grad_(True)
                     if model.d_recon > 0:

@@ -169,6 +169,8 @@ def test_dcgan_names_the_resgan_only_settings_it_ignores():
     ({"model.ada_target": 0.6, "model.augment_p": 0.5}, ["augment_p"]),         # ADA sets p itself
     ({"model.augment": [], "model.augment_p": 0.5, "model.ada_target": 0.6}, ["augment_p", "ada_target"]),
     ({"model.augment": ["cutout"], "model.augment_p": 0.5}, []),
+    ({"model.augment": ["cutout"], "model.augment_translation": 0.0625}, ["augment_translation"]),
+    ({"model.augment_translation": 0.0625}, []),
 ])
 def test_resgan_names_the_settings_its_configuration_does_not_use(over, ignored):
     cfg = resolve_config(None, {"data.path": "unused", "model.width": 8, **over}).model

@@ -38,6 +38,33 @@ def test_each_image_is_augmented_with_probability_p(kind):
     assert torch.equal(out, again)                              # the generator decides everything
 
 
+@pytest.mark.parametrize("ratio, largest", [(0.125, 4), (0.0625, 2), (0.0, 1)])
+def test_translation_shifts_by_at_most_its_ratio_of_each_side(ratio, largest):
+    x = -torch.ones(400, 1, 32, 32)
+    x[:, :, 16, 16] = 1.0                                       # one bright pixel on the background
+    out = augment(x, ("translation",), torch.Generator().manual_seed(0), translation_ratio=ratio)
+    assert out.max(dim=-1).values.max(dim=-1).values.eq(1).all()   # the pixel is never shifted out
+    at = (out[:, 0] == 1).flatten(1).float().argmax(1)
+    dy, dx = at // 32 - 16, at % 32 - 16
+    for d in (dy, dx):                                          # every shift from -largest to +largest
+        assert sorted(set(d.tolist())) == list(range(-largest, largest + 1))
+
+
+def test_training_passes_the_configured_translation_to_the_augmentation(tmp_path, mednist_small, monkeypatch):
+    import medsynth.training.loop as loop
+
+    seen = []
+
+    def spy(x, kinds, generator, part=None, p=1.0, translation_ratio=0.125):
+        seen.append(translation_ratio)
+        return augment(x, kinds, generator, part, p, translation_ratio)
+
+    monkeypatch.setattr(loop, "augment", spy)
+    loop.train(tiny_config(mednist_small, **{"model.name": "resgan", "model.augment_translation": 0.0625,
+                                            "train.steps": 2}), tmp_path / "r", progress=False)
+    assert seen and set(seen) == {0.0625}
+
+
 def test_adaptive_p_follows_the_overfitting_heuristic():
     ada = AdaptiveP(target=0.6, speed_images=1000, batch=50, interval=4)   # a notch is 50 * 4 / 1000 = 0.2
     assert ada.p == 0.0
