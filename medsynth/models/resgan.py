@@ -316,12 +316,12 @@ def build(cfg, image_shape, num_classes) -> GanModel:
     unused = {"r1_gamma": "used only with model.d_regularization: r1"} if not r1 else {}
     if not augment:
         unused.update(dict.fromkeys(("augment_p", "ada_target", "ada_images"), "model.augment is empty"))
-    if "translation" not in augment:
-        unused["augment_translation"] = "model.augment has no translation"
     elif ada is not None:
         unused["augment_p"] = "model.ada_target adapts the augmentation probability"
     else:
         unused["ada_images"] = "used only with model.ada_target"
+    if "translation" not in augment:
+        unused["augment_translation"] = "model.augment has no translation"
     return GanModel(g, d, loss="nonsaturating" if r1 else "hinge", lr_g=5e-5, lr_d=2e-4, betas=(0.0, 0.99),
                     # minibatch std scores images by group: real and generated ones go through D apart
                     ema=True, d_per_sample=not d_mbstd, augment=augment,

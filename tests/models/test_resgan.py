@@ -170,6 +170,7 @@ def test_dcgan_names_the_resgan_only_settings_it_ignores():
     ({"model.augment": [], "model.augment_p": 0.5, "model.ada_target": 0.6}, ["augment_p", "ada_target"]),
     ({"model.augment": ["cutout"], "model.augment_p": 0.5}, []),
     ({"model.augment": ["cutout"], "model.augment_translation": 0.0625}, ["augment_translation"]),
+    ({"model.augment": ["cutout"], "model.ada_images": 5000}, ["ada_images"]),
     ({"model.augment_translation": 0.0625}, []),
 ])
 def test_resgan_names_the_settings_its_configuration_does_not_use(over, ignored):
