@@ -8,6 +8,8 @@ makes training reproducible and resumable. No flips: anatomy has a left and a ri
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 
@@ -78,11 +80,9 @@ def augment(x, kinds, generator, part=None, p: float = 1.0, translation_ratio: f
     if p <= 0:
         return x
     view = (x.shape[0],) + (1,) * (x.dim() - 1)
+    ops = {"translation": partial(translation, ratio=translation_ratio), "cutout": cutout, "intensity": intensity}
     for kind in kinds:
-        if kind == "translation":
-            out = translation(x, generator, part, ratio=translation_ratio)
-        else:
-            out = {"cutout": cutout, "intensity": intensity}[kind](x, generator, part)
+        out = ops[kind](x, generator, part)
         x = out if p >= 1 else torch.where(_rand(view, generator, x.device, part) < p, out, x)
     return x
 
