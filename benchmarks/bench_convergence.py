@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import signal
@@ -134,9 +133,10 @@ def cmd_train(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
+    from bench_data import machine_info  # CPU model, cores, RAM, library versions and the date
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    result = {"machine": f"{gpu}, {os.cpu_count()} CPUs, torch {torch.__version__}",
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "budget_s": args.budget_s, "models": {}}
+    result = {"machine": {**machine_info(), "gpu": gpu}, "budget_s": args.budget_s, "models": {}}
     t0 = time.perf_counter()
     res = _train("resgan", work / "resgan", 10**7, args.snapshot_every, args.budget_s, args.budget_s)
     result["models"]["resgan"] = res
@@ -168,7 +168,10 @@ def cmd_evaluate(args) -> int:
     for tar in sorted(src.glob("*.tar")):
         with tarfile.open(tar) as tf:
             tf.extractall(dest, filter="data")
+    from bench_data import machine_info
+
     result = json.loads((src / "convergence-train.json").read_text())
+    result["evaluated_on"] = machine_info()   # FID runs here, usually not on the training machine
     for name in ("resgan", "dcgan"):
         run = dest / name
         ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
