@@ -13,6 +13,8 @@ discriminator at chance (docs/benchmarks.md).
         --kinds all --kinds none --kinds translation --kinds cutout --kinds intensity   # ~2.5 min each
     .venv/bin/python benchmarks/bench_dspeed.py runs/dspeed-g/v0 --steps 100 --kinds all \\
         --d-norm none --d-norm instance     # model.d_norm: does instance norm let it learn?
+    .venv/bin/python benchmarks/bench_dspeed.py runs/dspeed-g/v0 --steps 100 --kinds all \
+        --translation 0.125 --translation 0.0625   # model.augment_translation
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ def main(argv=None) -> int:
                     help="comma-separated augmentations, 'all' or 'none' (repeat for more settings)")
     ap.add_argument("--d-norm", action="append", default=[], choices=["none", "instance"],
                     help="the discriminator's model.d_norm (repeat to compare; default none)")
+    ap.add_argument("--translation", action="append", default=[], type=float,
+                    help="the largest translation as a fraction of each side, as model.augment_translation "
+                         "(repeat to compare; default 0.125)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -49,8 +54,9 @@ def main(argv=None) -> int:
     real = bundle.prepared.tensor(bundle.train_indices, bundle.mapping, "cpu")
     fake, _ = load_generator(run, device="cpu").sample(len(real), seed=1)
     rows = []
-    settings = [(k, n) for n in args.d_norm or ["none"] for k in args.kinds or ["all", "none"]]
-    for setting, d_norm in settings:
+    settings = [(k, n, t) for t in args.translation or [0.125] for n in args.d_norm or ["none"]
+                for k in args.kinds or ["all", "none"]]
+    for setting, d_norm, ratio in settings:
         kinds = KINDS if setting == "all" else () if setting == "none" else tuple(setting.split(","))
         check_kinds(kinds)
         torch.manual_seed(0)
@@ -62,7 +68,7 @@ def main(argv=None) -> int:
             i = torch.randint(0, len(real), (64,), generator=gen)
             r, f = real[i], fake[i]
             if kinds:
-                r, f = augment(r, kinds, gen), augment(f, kinds, gen)
+                r, f = augment(r, kinds, gen, translation_ratio=ratio), augment(f, kinds, gen, translation_ratio=ratio)
             out = d(torch.cat([r, f]))
             loss = d_loss("nonsaturating", out[:64], out[64:])
             opt.zero_grad()
@@ -71,8 +77,9 @@ def main(argv=None) -> int:
             losses.append(loss.item())
         k = max(1, args.steps // 10)
         trace = [round(sum(losses[j:j + k]) / len(losses[j:j + k]), 3) for j in range(0, args.steps, k)]
-        rows.append({"augment": list(kinds), "d_norm": d_norm, "loss_trace": trace})
-        print(f"[{setting}, d_norm {d_norm}] D loss every {k} steps: {trace}", file=sys.stderr, flush=True)
+        rows.append({"augment": list(kinds), "d_norm": d_norm, "translation": ratio, "loss_trace": trace})
+        print(f"[{setting}, d_norm {d_norm}, translation {ratio:g}] D loss every {k} steps: {trace}",
+              file=sys.stderr, flush=True)
     out = {"run": str(run), "steps": args.steps, "rows": rows}
     print(json.dumps(out, indent=1))
     if args.json:
