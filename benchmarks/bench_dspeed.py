@@ -13,7 +13,7 @@ discriminator at chance (docs/benchmarks.md).
         --kinds all --kinds none --kinds translation --kinds cutout --kinds intensity   # ~2.5 min each
     .venv/bin/python benchmarks/bench_dspeed.py runs/dspeed-g/v0 --steps 100 --kinds all \\
         --d-norm none --d-norm instance     # model.d_norm: does instance norm let it learn?
-    .venv/bin/python benchmarks/bench_dspeed.py runs/dspeed-g/v0 --steps 100 --kinds all \
+    .venv/bin/python benchmarks/bench_dspeed.py runs/dspeed-g/v0 --steps 100 --kinds all \\
         --translation 0.125 --translation 0.0625   # model.augment_translation
 """
 
@@ -38,6 +38,8 @@ def main(argv=None) -> int:
                          "(repeat to compare; default 0.125)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
+    if any(not 0.0 <= t <= 0.5 for t in args.translation):
+        ap.error("--translation must be between 0 and 0.5 (a fraction of each side), as model.augment_translation")
 
     import torch
 
