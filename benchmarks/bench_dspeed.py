@@ -38,26 +38,31 @@ def main(argv=None) -> int:
                          "(repeat to compare; default 0.125)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    if any(not 0.0 <= t <= 0.5 for t in args.translation):
-        ap.error("--translation must be between 0 and 0.5 (a fraction of each side), as model.augment_translation")
+
+    from medsynth.config import ConfigError, ModelConfig, config_from_dict, load_yaml, resolve_config
+
+    run = Path(args.run)
+    try:   # each --translation through the config's own bounds and message for model.augment_translation
+        for t in args.translation:
+            resolve_config(run / "config.yaml", {"model.augment_translation": t})
+    except ConfigError as e:
+        ap.error(str(e))
 
     import torch
 
-    from medsynth.config import config_from_dict, load_yaml
     from medsynth.models.resgan import ResDiscriminator
     from medsynth.runs import prepare_run_data
     from medsynth.sampling import load_generator
     from medsynth.training.augment import KINDS, augment, check_kinds
     from medsynth.training.loop import d_loss
 
-    run = Path(args.run)
     cfg = config_from_dict(load_yaml(run / "config.yaml"))
     bundle = prepare_run_data(cfg, run, progress=False, write=False)
     real = bundle.prepared.tensor(bundle.train_indices, bundle.mapping, "cpu")
     fake, _ = load_generator(run, device="cpu").sample(len(real), seed=1)
     rows = []
-    settings = [(k, n, t) for t in args.translation or [0.125] for n in args.d_norm or ["none"]
-                for k in args.kinds or ["all", "none"]]
+    settings = [(k, n, t) for t in args.translation or [ModelConfig.augment_translation]
+                for n in args.d_norm or ["none"] for k in args.kinds or ["all", "none"]]
     for setting, d_norm, ratio in settings:
         kinds = KINDS if setting == "all" else () if setting == "none" else tuple(setting.split(","))
         check_kinds(kinds)
