@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import torch
+from bench_data import machine_info  # CPU model, cores, RAM, library versions and the date
 from bench_quality import CONFIGS, REPO, medsynth  # the same two configs and subprocess runner
 
 DROP = ("discriminator", "opt_g", "opt_d", "rng", "batches")
@@ -133,8 +134,6 @@ def cmd_train(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    from bench_data import machine_info  # CPU model, cores, RAM, library versions and the date
-
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     result = {"machine": {**machine_info(), "gpu": gpu}, "budget_s": args.budget_s, "models": {}}
     t0 = time.perf_counter()
@@ -168,8 +167,6 @@ def cmd_evaluate(args) -> int:
     for tar in sorted(src.glob("*.tar")):
         with tarfile.open(tar) as tf:
             tf.extractall(dest, filter="data")
-    from bench_data import machine_info
-
     result = json.loads((src / "convergence-train.json").read_text())
     result["evaluated_on"] = machine_info()   # FID runs here, usually not on the training machine
     for name in ("resgan", "dcgan"):
