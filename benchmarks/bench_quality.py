@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO / "runs" / "bench-quality"), help="where the two runs are kept")
     ap.add_argument("--models", default="dcgan,resgan")
     ap.add_argument("--json")
-    ap.add_argument("--tag", default="", help="suffix of the run folders (for variants)")
+    ap.add_argument("--tag", default="", help="suffix of the run folders (for variants); one that starts "
+                                              "with a dash needs the = form: --tag=-t16")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="config overrides for every model, e.g. model.d_regularization=r1 (resgan only)")
     args = ap.parse_args(argv)
