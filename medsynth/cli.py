@@ -449,8 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(tr, required=False)
     tr.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/<name>)")
     tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
-                    help="continue RUN (or --run-dir) from its newest checkpoint; only train.steps and the "
-                         "logging intervals may be overridden")
+                    help="continue RUN (or --run-dir) from its newest checkpoint; only train.steps, "
+                         "train.device, train.compile and the logging intervals may be overridden")
     tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     tr.set_defaults(func=_cmd_train)
 

@@ -164,8 +164,9 @@ class TrainConfig:
                                   "on CUDA and on CPUs with native bfloat16 instructions (AVX512-BF16 or AMX), "
                                   "else fp32")
     compile: bool | None = _opt(None, "torch.compile the networks (the discriminator only without spectral "
-                                      "norm); null = auto: on for CUDA or runs of 2000+ steps; falls back to "
-                                      "eager with a warning when compilation fails")
+                                      "norm); null = auto: on for CUDA, and on a CPU for float32 runs of 2000+ "
+                                      "steps (not bf16 there: slower than eager); falls back to eager with a "
+                                      "warning when compilation fails")
     checkpoint_every: int = _opt(500, "steps between checkpoints", min=1)
     keep_last: int = _opt(3, "step checkpoints kept (older ones are deleted)", min=1)
     grid_every: int = _opt(250, "steps between sample-grid images in samples/", min=1)

@@ -73,6 +73,17 @@ def select_precision(name: str, device: torch.device) -> str:
     return "bf16" if device.type == "cuda" or cpu_has_bf16() else "fp32"
 
 
+def auto_compile(device: torch.device, steps: int, precision: str, distributed: bool) -> bool:
+    """Whether ``train.compile: null`` compiles: on CUDA, and on a CPU for float32 runs of 2,000+ steps
+    (compiled kernels were up to 2x faster on an AVX2 EPYC, and the compile time, a minute or two, is
+    then small). Not for bf16 on a CPU: on an AMX Xeon compiled bf16 training ran at 0.6x (resgan) and
+    0.8x (dcgan) of eager (docs/benchmarks.md). Never for a distributed run: compiled modules under DDP
+    are not exercised by our tests."""
+    if distributed:
+        return False
+    return device.type == "cuda" or (steps >= 2000 and precision == "fp32")
+
+
 # --------------------------------------------------------------------------------------------
 # run directory
 
@@ -93,11 +104,13 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> Config:
-    """The run's own config.yaml; only train.steps and train.* logging intervals may change on resume."""
+    """The run's own config.yaml; only train.steps, the train.* logging intervals, the device and
+    train.compile (speed only, though compiled kernels round differently) may change on resume."""
     from medsynth.config import parse_override
 
     raw = load_yaml(run_dir / "config.yaml")
-    allowed = {"train.steps", "train.checkpoint_every", "train.grid_every", "train.keep_last", "train.device"}
+    allowed = {"train.steps", "train.checkpoint_every", "train.grid_every", "train.keep_last", "train.device",
+               "train.compile"}
     for text in overrides:
         key, value = parse_override(text)
         if key not in allowed:
@@ -538,9 +551,8 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
         D = D.to(memory_format=fmt)
         if ema is not None:
             ema = ema.to(memory_format=fmt)
-    # auto-compile only single-process runs: compiled modules under DDP are not exercised by our tests
-    use_compile = cfg.train.compile if cfg.train.compile is not None else (
-        (device.type == "cuda" or cfg.train.steps >= 2000) and not ctx.enabled)
+    use_compile = cfg.train.compile if cfg.train.compile is not None else auto_compile(
+        device, cfg.train.steps, precision, ctx.enabled)
     G_run, D_run = _compiled(G, D, model, device, image_shape, num_classes, amp) if use_compile else (G, D)
     # G and D as DistributedDataParallel modules when distributed (gradients averaged over ranks);
     # the generator step calls the plain D, whose weights take no gradient there
