@@ -9,6 +9,13 @@ operations, plus KID, precision/recall and the FID ratio against the holdout.
 Target (issue #3): FID(resgan) <= FID(dcgan) / 2.
 
     .venv/bin/python benchmarks/bench_quality.py --steps 1500 --json quality.json    # ~1 h on 2 CPU cores
+
+``--resume`` continues the runs already under ``--out`` from their newest checkpoint to ``--steps``
+(``medsynth train --resume RUN train.steps=N``) instead of training them afresh, so a longer round
+costs only the extra steps. Nothing in training depends on the total number of steps (constant
+learning rates, EMA decay and lazy R1 keyed to the step), so the continued run sees the same images as a
+fresh one; it is not bit-identical, because runs of 2,000 steps or more are compiled and compiled
+kernels round differently. ``train_seconds`` then counts only the continuation.
 """
 
 from __future__ import annotations
@@ -41,24 +48,35 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     ap.add_argument("--tag", default="", help="suffix of the run folders (for variants); one that starts "
                                               "with a dash needs the = form: --tag=-t16")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue the runs already under --out to --steps instead of retraining them")
     ap.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                     help="config overrides for every model, e.g. model.d_regularization=r1 (resgan only)")
     args = ap.parse_args(argv)
     out = Path(args.out)
+    if args.resume and args.overrides:
+        ap.error("--resume continues each run with its own config.yaml; config overrides cannot be combined with it")
     from bench_data import machine_info  # CPU model, cores, RAM, versions, date
 
     result = {"machine": machine_info(), "steps": args.steps, "samples": args.samples, "models": {}}
     for name in args.models.split(","):
         run = out / (name + args.tag)
         t = time.perf_counter()
-        p = medsynth("train", "--config", CONFIGS[name], "--run-dir", run, "--overwrite", f"train.steps={args.steps}",
-                     f"train.checkpoint_every={args.steps}", *args.overrides)
+        if args.resume:
+            if not (run / "config.yaml").exists():
+                raise SystemExit(f"--resume: {run} is not a run directory; train it first (without --resume)")
+            p = medsynth("train", "--resume", run, f"train.steps={args.steps}", f"train.checkpoint_every={args.steps}")
+            resumed = int(re.search(r"resuming .* at step (\d+)", p.stderr).group(1))
+        else:
+            p = medsynth("train", "--config", CONFIGS[name], "--run-dir", run, "--overwrite",
+                         f"train.steps={args.steps}", f"train.checkpoint_every={args.steps}", *args.overrides)
+            resumed = 0
         train_s = time.perf_counter() - t
         ips = float(re.search(r"\(([\d.]+) images/s\)", p.stdout).group(1))
         t = time.perf_counter()
         ev = json.loads(medsynth("evaluate", run, "-n", args.samples, "--fid-method", "sqrtm", "--json").stdout)
         row = {"config": str(CONFIGS[name].relative_to(REPO)), "overrides": args.overrides,
-               "images_seen": args.steps * 64, "train_seconds": train_s,
+               "images_seen": args.steps * 64, "resumed_from_step": resumed, "train_seconds": train_s,
                "images_per_s": ips, "evaluate_seconds": time.perf_counter() - t, "fid": ev["fid"],
                "fid_ci": ev.get("fid_ci"), "kid": [ev["kid_mean"], ev["kid_std"]], "precision": ev.get("precision"),
                "recall": ev.get("recall"), "density": ev.get("density"), "coverage": ev.get("coverage"),
