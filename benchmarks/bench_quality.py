@@ -73,11 +73,14 @@ def main(argv=None) -> int:
                          f"train.steps={args.steps}", f"train.checkpoint_every={args.steps}", *args.overrides)
             resumed = 0
         train_s = time.perf_counter() - t
+        # what the run resolved train.device/precision/compile to: "cpu (bf16)", "cuda (bf16, compiled)"
+        runtime = re.search(r"^training \S+ on (.+?), batch", p.stderr, re.M)
         ips = float(re.search(r"\(([\d.]+) images/s\)", p.stdout).group(1))
         t = time.perf_counter()
         ev = json.loads(medsynth("evaluate", run, "-n", args.samples, "--fid-method", "sqrtm", "--json").stdout)
         row = {"config": str(CONFIGS[name].relative_to(REPO)), "overrides": args.overrides,
-               "images_seen": args.steps * 64, "resumed_from_step": resumed, "train_seconds": train_s,
+               "images_seen": args.steps * 64, "resumed_from_step": resumed,
+               "runtime": runtime.group(1) if runtime else None, "train_seconds": train_s,
                "images_per_s": ips, "evaluate_seconds": time.perf_counter() - t, "fid": ev["fid"],
                "fid_ci": ev.get("fid_ci"), "kid": [ev["kid_mean"], ev["kid_std"]], "precision": ev.get("precision"),
                "recall": ev.get("recall"), "density": ev.get("density"), "coverage": ev.get("coverage"),
@@ -85,7 +88,7 @@ def main(argv=None) -> int:
                "ms_ssim": ev.get("diversity")}
         result["models"][name] = row
         print(f"{name}: FID {row['fid']:.1f} after {row['images_seen']} images ({train_s / 60:.1f} min, "
-              f"{ips:.0f} img/s)", file=sys.stderr, flush=True)
+              f"{ips:.0f} img/s on {row['runtime']})", file=sys.stderr, flush=True)
     m = result["models"]
     if "dcgan" in m and "resgan" in m:
         result["fid_ratio_resgan_to_dcgan"] = m["resgan"]["fid"] / m["dcgan"]["fid"]
