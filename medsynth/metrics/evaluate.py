@@ -258,7 +258,7 @@ def evaluate_run(run_dir, *, n: int | None = None, seed: int = 0, extractor=None
     fake, y = g.sample(n, seed=seed)
     head, fr, fs = _compare_images(extractor, real, fake, bootstrap=bootstrap, seed=seed, fid_method=fid_method)
     result = {"step": int(g.state["step"]), "checkpoint": g.checkpoint.name, "checkpoint_sha256": g.checkpoint_sha256,
-              "seed": seed, **head}
+              "training_runtime": g.state.get("runtime"), "seed": seed, **head}
     result["diversity"] = {"real": _diversity(real, seed), "synthetic": _diversity(fake, seed)}
     warnings = _warnings(len(real), len(fake))
     holdout = _subset(bundle.holdout_indices, labels, n_real, seed)

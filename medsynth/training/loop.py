@@ -282,7 +282,10 @@ def _tensorboard(run_dir: Path):
 
 
 def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source, bundle, best,
-                      world_size: int = 1, ada: AdaptiveP | None = None) -> dict:
+                      world_size: int = 1, ada: AdaptiveP | None = None, runtime: dict | None = None) -> dict:
+    """Everything a resume or a sampler needs. ``runtime``: what the writing session resolved
+    train.device/precision/compile to (``{"device": "cpu", "precision": "bf16", "compiled": False}``), which
+    config.yaml's ``auto`` values do not say."""
     from medsynth.data.transforms import SLICE_IOP
 
     from_volumes = any(it.get("slice") is not None for it in bundle.prepared.items)
@@ -301,7 +304,7 @@ def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source
         "rng": {"loop": gen.get_state(), "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "batches": source.state(), "best": best, "world_size": world_size,
-        "ada": ada.state() if ada is not None else None,
+        "ada": ada.state() if ada is not None else None, "runtime": runtime,
     }
 
 
@@ -554,6 +557,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     use_compile = cfg.train.compile if cfg.train.compile is not None else auto_compile(
         device, cfg.train.steps, precision, ctx.enabled)
     G_run, D_run = _compiled(G, D, model, device, image_shape, num_classes, amp) if use_compile else (G, D)
+    runtime = {"device": device.type, "precision": precision, "compiled": G_run is not G}
     # G and D as DistributedDataParallel modules when distributed (gradients averaged over ranks);
     # the generator step calls the plain D, whose weights take no gradient there
     g_step, d_step, d_frozen = _wrap_ddp(G_run, device, ctx), _wrap_ddp(D_run, device, ctx), D_run
@@ -609,7 +613,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
             raise TrainingError(f"step {at_step}: the ranks' weights differ; not writing a checkpoint")
         if main:
             save_checkpoint(path, _checkpoint_state(cfg, model, ema, opt_g, opt_d, at_step, gen, source, bundle, best,
-                                                    ctx.world_size, ada))
+                                                    ctx.world_size, ada, runtime))
             prune(ckpt_dir, cfg.train.keep_last)
         last_saved = path
         return path
@@ -709,7 +713,8 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
                           file=sys.stderr)
                 if is_best:
                     save_checkpoint(ckpt_dir / "best.pt", _checkpoint_state(cfg, model, ema, opt_g, opt_d, step, gen,
-                                                                            source, bundle, best, ctx.world_size, ada))
+                                                                            source, bundle, best, ctx.world_size, ada,
+                                                                            runtime))
             if step % cfg.train.checkpoint_every == 0 or step == end or stopping:
                 save(step)
             if stopping:

@@ -95,6 +95,9 @@ def test_evaluate_a_conditional_run_per_class_and_metrics_jsonl(tmp_path, extrac
                                "data.holdout_fraction": 0.25}), run, progress=False)
     res = evaluate_run(run, n=8, extractor=extractor)
     assert res["n_real"] == 18 and res["n_synthetic"] == 8 and res["step"] == 2
+    from medsynth.training.loop import select_precision
+    assert res["training_runtime"] == {"device": "cpu", "precision": select_precision("auto", torch.device("cpu")),
+                                       "compiled": False}
     assert set(res["per_class"]) == {"CXR", "MRBrain"}
     assert res["per_class"]["CXR"]["n_real"] == 9 and res["per_class"]["CXR"]["n_synthetic"] == 4
     # FID ratio against the holdout (6 images) at equal sizes; diversity of both sets

@@ -173,9 +173,11 @@ def test_a_long_bf16_cpu_run_is_not_compiled_by_default(tmp_path, mednist_small,
     cfg = tiny_config(mednist_small, **{"model.name": "dcgan", "train.steps": 2000, "train.precision": "bf16",
                                         "train.device": "cpu"})
     assert cfg.train.compile is None
-    train(cfg, tmp_path / "run", progress=True, stop_after=1)
+    result = train(cfg, tmp_path / "run", progress=True, stop_after=1)
     err = capsys.readouterr().err
     assert "training dcgan on cpu (bf16), batch" in err, err[-2000:]
+    # the checkpoint records what auto resolved to, which config.yaml does not say
+    assert load_checkpoint(result.checkpoint)["runtime"] == {"device": "cpu", "precision": "bf16", "compiled": False}
 
 
 def test_existing_run_directory_is_refused_unless_resume_or_overwrite(tmp_path, mednist_small):
