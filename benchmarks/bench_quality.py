@@ -73,14 +73,12 @@ def main(argv=None) -> int:
                          f"train.steps={args.steps}", f"train.checkpoint_every={args.steps}", *args.overrides)
             resumed = 0
         train_s = time.perf_counter() - t
-        # what the run resolved train.device/precision/compile to: "cpu (bf16)", "cuda (bf16, compiled)"
-        runtime = re.search(r"^training \S+ on (.+?), batch", p.stderr, re.M)
         ips = float(re.search(r"\(([\d.]+) images/s\)", p.stdout).group(1))
         t = time.perf_counter()
         ev = json.loads(medsynth("evaluate", run, "-n", args.samples, "--fid-method", "sqrtm", "--json").stdout)
         row = {"config": str(CONFIGS[name].relative_to(REPO)), "overrides": args.overrides,
                "images_seen": args.steps * 64, "resumed_from_step": resumed,
-               "runtime": runtime.group(1) if runtime else None, "train_seconds": train_s,
+               "runtime": ev.get("training_runtime"), "train_seconds": train_s,
                "images_per_s": ips, "evaluate_seconds": time.perf_counter() - t, "fid": ev["fid"],
                "fid_ci": ev.get("fid_ci"), "kid": [ev["kid_mean"], ev["kid_std"]], "precision": ev.get("precision"),
                "recall": ev.get("recall"), "density": ev.get("density"), "coverage": ev.get("coverage"),
