@@ -20,6 +20,10 @@ from typing import Any
 
 import yaml
 
+# DiffAugment's largest translation, as a fraction of each side (Zhao et al. 2020); the one default
+# that model.augment_translation, GanModel and the augmentation functions share
+TRANSLATION_RATIO = 0.125
+
 REQUIRED: Any = "<required>"
 _FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 
@@ -133,7 +137,7 @@ class ModelConfig:
     augment: list[str] | None = _opt(None, "resgan: differentiable augmentations applied to every image the "
                                            "discriminator sees, from translation, cutout, intensity (default: all "
                                            "three; [] for none)")
-    augment_translation: float = _opt(0.125, "resgan: largest shift of the translation augmentation, as a "
+    augment_translation: float = _opt(TRANSLATION_RATIO, "resgan: largest shift of the translation augmentation, as a "
                                              "fraction of each side (at least one pixel; DiffAugment's 1/8)",
                                       min=0.0, max=0.5)
     augment_p: float = _opt(1.0, "resgan: probability that each augmentation is applied to each image (1: always, "

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from medsynth.config import TRANSLATION_RATIO
+
 _REGISTRY: dict[str, Callable] = {}
 
 
@@ -29,7 +31,7 @@ class GanModel:
     betas: tuple[float, float]
     ema: bool = False              # keep an exponential moving average of the generator
     augment: tuple[str, ...] = ()  # differentiable augmentations applied to D's inputs
-    augment_translation: float = 0.125  # largest translation, as a fraction of each side
+    augment_translation: float = TRANSLATION_RATIO  # largest translation, as a fraction of each side
     augment_p: float = 1.0         # probability per image and augmentation (fixed)
     ada_target: float | None = None  # adaptive p (ADA) towards this E[sign D(real)]; None: fixed augment_p
     ada_images: int = 100_000      # images over which the adaptive p can move from 0 to 1

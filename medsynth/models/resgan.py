@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.utils.checkpoint import checkpoint
 
+from medsynth.config import TRANSLATION_RATIO
 from medsynth.models import GanModel, changed_settings, register
 
 
@@ -325,7 +326,7 @@ def build(cfg, image_shape, num_classes) -> GanModel:
     return GanModel(g, d, loss="nonsaturating" if r1 else "hinge", lr_g=5e-5, lr_d=2e-4, betas=(0.0, 0.99),
                     # minibatch std scores images by group: real and generated ones go through D apart
                     ema=True, d_per_sample=not d_mbstd, augment=augment,
-                    augment_translation=float(getattr(cfg, "augment_translation", 0.125)),
+                    augment_translation=float(getattr(cfg, "augment_translation", TRANSLATION_RATIO)),
                     augment_p=float(getattr(cfg, "augment_p", 1.0)), ada_target=ada,
                     ada_images=int(getattr(cfg, "ada_images", 100_000)),
                     r1_gamma=float(getattr(cfg, "r1_gamma", 1.0)) if r1 else 0.0,

@@ -13,6 +13,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from medsynth.config import TRANSLATION_RATIO
+
 KINDS = ("translation", "cutout", "intensity")
 
 
@@ -37,7 +39,7 @@ def intensity(x, generator, part=None):
     return (x - mean) * scale + mean + shift
 
 
-def translation(x, generator, part=None, ratio: float = 0.125):
+def translation(x, generator, part=None, ratio: float = TRANSLATION_RATIO):
     """Shift by up to ``ratio`` of the size along each spatial axis, padding with the background (-1)."""
     spatial = x.shape[2:]
     pads = [max(1, int(s * ratio + 0.5)) for s in spatial]
@@ -69,7 +71,7 @@ def check_kinds(kinds) -> None:
             raise ValueError(f"unknown augmentation {kind!r}; choose from {', '.join(KINDS)}")
 
 
-def augment(x, kinds, generator, part=None, p: float = 1.0, translation_ratio: float = 0.125):
+def augment(x, kinds, generator, part=None, p: float = 1.0, translation_ratio: float = TRANSLATION_RATIO):
     """Apply ``kinds`` in order. ``part = (start, total)``: ``x`` is rows ``start:start + B`` of a
     global batch of ``total`` split over ranks (see :func:`_rand`).
 
