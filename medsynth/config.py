@@ -137,9 +137,10 @@ class ModelConfig:
     augment: list[str] | None = _opt(None, "resgan: differentiable augmentations applied to every image the "
                                            "discriminator sees, from translation, cutout, intensity (default: all "
                                            "three; [] for none)")
-    augment_translation: float = _opt(TRANSLATION_RATIO, "resgan: largest shift of the translation augmentation, as a "
-                                             "fraction of each side (at least one pixel; DiffAugment's 1/8)",
-                                      min=0.0, max=0.5)
+    augment_translation: float = _opt(
+        TRANSLATION_RATIO, "resgan: largest shift of the translation augmentation, as a fraction of each side (at "
+                           "least one pixel, so above 0; to turn translation off, leave it out of augment; "
+                           "DiffAugment's 1/8)", min=0.0, max=0.5)
     augment_p: float = _opt(1.0, "resgan: probability that each augmentation is applied to each image (1: always, "
                                  "as DiffAugment; ignored when ada_target is set)", min=0.0, max=1.0)
     ada_target: float | None = _opt(None, "resgan: adaptive augmentation (ADA, Karras et al. 2020): p starts at 0 and "

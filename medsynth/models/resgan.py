@@ -321,12 +321,18 @@ def build(cfg, image_shape, num_classes) -> GanModel:
         unused["augment_p"] = "model.ada_target adapts the augmentation probability"
     else:
         unused["ada_images"] = "used only with model.ada_target"
+    translation = float(getattr(cfg, "augment_translation", TRANSLATION_RATIO))
     if "translation" not in augment:
         unused["augment_translation"] = "model.augment has no translation"
+    elif translation <= 0:
+        # the augmentation shifts by at least one pixel, so 0 would not mean "no translation"
+        raise ValueError("model.augment_translation must be above 0 while model.augment includes translation (the "
+                         "shift is at least one pixel); to train without translation, leave it out of "
+                         "model.augment, e.g. model.augment=[cutout,intensity]")
     return GanModel(g, d, loss="nonsaturating" if r1 else "hinge", lr_g=5e-5, lr_d=2e-4, betas=(0.0, 0.99),
                     # minibatch std scores images by group: real and generated ones go through D apart
                     ema=True, d_per_sample=not d_mbstd, augment=augment,
-                    augment_translation=float(getattr(cfg, "augment_translation", TRANSLATION_RATIO)),
+                    augment_translation=translation,
                     augment_p=float(getattr(cfg, "augment_p", 1.0)), ada_target=ada,
                     ada_images=int(getattr(cfg, "ada_images", 100_000)),
                     r1_gamma=float(getattr(cfg, "r1_gamma", 1.0)) if r1 else 0.0,

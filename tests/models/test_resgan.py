@@ -179,3 +179,13 @@ def test_resgan_names_the_settings_its_configuration_does_not_use(over, ignored)
     assert list(model.ignored) == ignored
     if "r1_gamma" in ignored:
         assert model.ignored["r1_gamma"] == "used only with model.d_regularization: r1" and model.r1_gamma == 0.0
+
+
+def test_a_zero_translation_is_refused_while_translation_is_on():
+    # the augmentation shifts by at least one pixel, so 0 would silently still translate
+    cfg = resolve_config(None, {"data.path": "unused", "model.augment_translation": 0.0})
+    with pytest.raises(ValueError, match="leave it out of model.augment"):
+        build_model(cfg.model, (1, 32, 32))
+    off = resolve_config(None, {"data.path": "unused", "model.augment_translation": 0.0,
+                                "model.augment": ["cutout", "intensity"]})
+    assert "translation" not in build_model(off.model, (1, 32, 32)).augment
