@@ -469,21 +469,30 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
     Under torchrun (``WORLD_SIZE`` > 1) this is one rank of a distributed run: see
     :mod:`medsynth.training.distributed`."""
     ctx = distributed.context_from_env()
+    stage = {"created": False, "started": False}
     try:
-        return _train(cfg, run_dir, ctx, resume=resume, overwrite=overwrite, progress=progress, stop_after=stop_after)
+        return _train(cfg, run_dir, ctx, resume=resume, overwrite=overwrite, progress=progress, stop_after=stop_after,
+                      stage=stage)
     except torch.cuda.OutOfMemoryError:   # anywhere: placing the networks or the data, or a step
         b = cfg.train.batch_size
         raise TrainingError(f"out of GPU memory at train.batch_size={b}; try train.batch_size={max(1, b // 2)} "
                             "(or train.device=cpu)") from None
     finally:
+        # a fresh run that failed before its first step (a model setting refused, the data too small, out of
+        # memory while placing the networks, Ctrl-C while caching) leaves no folder behind that the corrected
+        # command would then refuse as "already exists"; a folder that was there before is never touched
+        if stage["created"] and not stage["started"]:
+            shutil.rmtree(run_dir, ignore_errors=True)
         distributed.teardown(ctx)
 
 
-def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite: bool, progress, stop_after):
+def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite: bool, progress, stop_after,
+           stage: dict):
     main = ctx.is_main
     device = _setup_device(cfg, ctx)
     if main:
         prepare_run_dir(run_dir, resume, overwrite)
+        stage["created"] = not resume
     torch.manual_seed(cfg.seed)
     if main:
         bundle = prepare_run_data(cfg, run_dir, progress=progress)
@@ -619,6 +628,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
         return path
 
     stop = _StopFlag()
+    stage["started"] = True
     try:
         while step < end:
             real, y = source.next()

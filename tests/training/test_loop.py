@@ -398,3 +398,19 @@ def test_reconstruction_head_needs_the_resnet_discriminator(tmp_path, mednist_sm
     cfg = tiny_config(mednist_small, **{"model.discriminator": "patch", "model.d_recon": 1.0})
     with pytest.raises(TrainingError, match="d_recon needs model.discriminator=resnet"):
         train(cfg, tmp_path / "run", progress=False)
+    # the refused start leaves no folder, so the corrected command is not refused as "already exists"
+    assert not (tmp_path / "run").exists()
+    train(tiny_config(mednist_small, **{"train.steps": 1}), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+
+
+def test_a_refused_start_never_removes_a_folder_that_was_there(tmp_path, mednist_small):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingError, match="already exists"):
+        train(tiny_config(mednist_small), run, progress=False)
+    assert (run / "notes.txt").read_text() == "mine"
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(tiny_config(mednist_small), run, resume=True, progress=False)
+    assert (run / "notes.txt").read_text() == "mine"
