@@ -469,7 +469,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
     Under torchrun (``WORLD_SIZE`` > 1) this is one rank of a distributed run: see
     :mod:`medsynth.training.distributed`."""
     ctx = distributed.context_from_env()
-    stage = {"created": False, "started": False}
+    stage = {"created": False, "existed": False, "started": False}
     try:
         return _train(cfg, run_dir, ctx, resume=resume, overwrite=overwrite, progress=progress, stop_after=stop_after,
                       stage=stage)
@@ -482,8 +482,21 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
         # memory while placing the networks, Ctrl-C while caching) leaves no folder behind that the corrected
         # command would then refuse as "already exists"; a folder that was there before is never touched
         if stage["created"] and not stage["started"]:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            _discard(run_dir, keep_folder=stage["existed"])
         distributed.teardown(ctx)
+
+
+def _discard(run_dir: Path, keep_folder: bool) -> None:
+    """Remove what a failed start wrote: the folder itself, or only its contents when the folder was
+    there before (empty, or emptied by --overwrite)."""
+    if not keep_folder:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for child in run_dir.iterdir() if run_dir.is_dir() else ():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
 
 
 def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite: bool, progress, stop_after,
@@ -491,6 +504,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     main = ctx.is_main
     device = _setup_device(cfg, ctx)
     if main:
+        stage["existed"] = run_dir.exists()     # empty, or replaced by --overwrite
         prepare_run_dir(run_dir, resume, overwrite)
         stage["created"] = not resume
     torch.manual_seed(cfg.seed)

@@ -414,3 +414,12 @@ def test_a_refused_start_never_removes_a_folder_that_was_there(tmp_path, mednist
     with pytest.raises(TrainingError, match="nothing to resume"):
         train(tiny_config(mednist_small), run, resume=True, progress=False)
     assert (run / "notes.txt").read_text() == "mine"
+    # an empty folder the user made stays, empty, after a refused start; and the corrected command works
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = tiny_config(mednist_small, **{"model.discriminator": "patch", "model.d_recon": 1.0})
+    with pytest.raises(TrainingError, match="d_recon needs"):
+        train(refused, empty, progress=False)
+    assert empty.is_dir() and not any(empty.iterdir())
+    train(tiny_config(mednist_small, **{"train.steps": 1}), empty, progress=False)
+    assert (empty / "checkpoints").is_dir()
