@@ -469,7 +469,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
     Under torchrun (``WORLD_SIZE`` > 1) this is one rank of a distributed run: see
     :mod:`medsynth.training.distributed`."""
     ctx = distributed.context_from_env()
-    stage = {"created": False, "existed": False, "started": False}
+    stage = {"undo": None, "started": False}    # undo: what a failed start removes, "folder" or "contents"
     try:
         return _train(cfg, run_dir, ctx, resume=resume, overwrite=overwrite, progress=progress, stop_after=stop_after,
                       stage=stage)
@@ -479,10 +479,11 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
                             "(or train.device=cpu)") from None
     finally:
         # a fresh run that failed before its first step (a model setting refused, the data too small, out of
-        # memory while placing the networks, Ctrl-C while caching) leaves no folder behind that the corrected
-        # command would then refuse as "already exists"; a folder that was there before is never touched
-        if stage["created"] and not stage["started"]:
-            _discard(run_dir, keep_folder=stage["existed"])
+        # memory while placing the networks, Ctrl-C while caching) leaves nothing behind that the corrected
+        # command would then refuse as "already exists"; a folder that was there before (empty, or emptied by
+        # --overwrite) stays, and one with contents was refused before anything was written
+        if stage["undo"] and not stage["started"]:
+            _discard(run_dir, keep_folder=stage["undo"] == "contents")
         distributed.teardown(ctx)
 
 
@@ -504,9 +505,10 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     main = ctx.is_main
     device = _setup_device(cfg, ctx)
     if main:
-        stage["existed"] = run_dir.exists()     # empty, or replaced by --overwrite
+        existed = run_dir.exists()              # empty, or replaced by --overwrite
         prepare_run_dir(run_dir, resume, overwrite)
-        stage["created"] = not resume
+        if not resume:
+            stage["undo"] = "contents" if existed else "folder"
     torch.manual_seed(cfg.seed)
     if main:
         bundle = prepare_run_data(cfg, run_dir, progress=progress)
