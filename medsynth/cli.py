@@ -490,7 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n-real", type=int, metavar="N", help="with RUN: at most N real images from the training and "
                                                             "from the holdout split each (a seeded draw in "
                                                             "proportion to the classes; default: all)")
-    ev.add_argument("--seed", type=int, default=0, metavar="S", help="with RUN: sampling seed")
+    ev.add_argument("--seed", type=int, default=0, metavar="S",
+                    help="seed of the bootstrap and of the equal-sized parts that precision/recall compare; "
+                         "with RUN also the sampling seed")
     ev.add_argument("--save-stats", metavar="NPZ", help="save the real set's feature statistics (pytorch-fid .npz); "
                                                        "pass the file as --real later to skip the real images")
     ev.add_argument("--bootstrap", type=int, default=100, metavar="B",

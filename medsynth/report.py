@@ -471,6 +471,10 @@ def section_metrics(run: _Run) -> Section:
     for k in ("precision", "recall", "density", "coverage"):
         if k in rec:
             rows.append((k, _num(rec[k]) + _ci(ci.get(k))))
+    sets = rec.get("prdc_sets")
+    if isinstance(sets, dict) and sets.get("parts", 1) > 1:
+        rows.append(("precision to coverage compare", f"{_num(sets.get('n_per_set'))} vs {_num(sets.get('n_per_set'))} "
+                     f"images, mean of {_num(sets.get('parts'))} disjoint parts of the larger set"))
     div = rec.get("diversity") or {}
     if div.get("synthetic") or div.get("real"):
         s, r = (div.get("synthetic") or {}).get("ms_ssim"), (div.get("real") or {}).get("ms_ssim")

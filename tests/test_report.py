@@ -204,6 +204,8 @@ def test_full_run_report_renders_in_chromium_with_every_image(full_run, tmp_path
     evaluation = [json.loads(ln) for ln in (full_run / "metrics.jsonl").read_text().splitlines()][-1]
     assert f"{evaluation['fid_ratio']['fid_ratio']:.2f} FID ratio" in metrics
     assert f"{evaluation['fid']:.3f}" in metrics and "Per class" in metrics
+    n, parts = evaluation["prdc_sets"]["n_per_set"], evaluation["prdc_sets"]["parts"]
+    assert parts > 1 and f"{n} vs {n} images, mean of {parts} disjoint parts" in metrics
     privacy = section_text(dom, "privacy")
     assert "PASS" in privacy and "Memorization" in privacy and "Membership inference" in privacy
     export = section_text(dom, "export")

@@ -26,7 +26,7 @@ from medsynth.metrics.fid import (
     save_stats,
 )
 from medsynth.metrics.kid import kid_from_features
-from medsynth.metrics.prdc import PRDC_K, prdc, prdc_bootstrap
+from medsynth.metrics.prdc import PRDC_K, prdc_bootstrap, prdc_matched
 
 FID_RELIABLE_N = 2048
 
@@ -99,8 +99,9 @@ def compare_features(real: np.ndarray, synthetic: np.ndarray, *, bootstrap: int 
         ci = fid_bootstrap(real, synthetic, draws=bootstrap, seed=seed)
         out["fid_ci"] = [ci["low"], ci["high"]]
     if min(len(real), len(synthetic)) > PRDC_K:
-        pr = prdc(real, synthetic)
+        pr = prdc_matched(real, synthetic, seed=seed)   # at equal set sizes (see prdc.py)
         out.update({k: pr[k] for k in ("precision", "recall", "density", "coverage")})
+        out["prdc_sets"] = {"n_per_set": pr["n_per_set"], "parts": pr["parts"]}
         if bootstrap:
             out["prdc_ci"] = prdc_bootstrap(pr["per_point"], draws=max(bootstrap, 200), seed=seed)
     return out
@@ -297,6 +298,10 @@ def render_text(result: dict) -> str:
     for k in ("precision", "recall", "density", "coverage"):
         if k in result:
             lines.append(f"{k:10s} {result[k]:.3f}{_fmt_ci(ci.get(k))}")
+    sets = result.get("prdc_sets")
+    if sets and sets["parts"] > 1:
+        lines.append(f"           (precision to coverage: {sets['n_per_set']} vs {sets['n_per_set']} images, "
+                     f"mean of {sets['parts']} disjoint parts of the larger set)")
     if "fid_ratio" in result:
         r = result["fid_ratio"]
         lines.append(f"FID ratio  {r['fid_ratio']:.2f}   FID(synthetic, holdout) {r['fid_synthetic_holdout']:.2f} / "

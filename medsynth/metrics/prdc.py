@@ -14,13 +14,21 @@ functions reproduce; distances are Euclidean, computed in float64 block by block
 with the block size, not with |R| x |F|. Precision and density are means over synthetic points,
 recall and coverage means over real points; :func:`prdc` also returns those per-point values, and
 the confidence intervals of :func:`prdc_bootstrap` resample them (with the balls held fixed).
+
+The four numbers depend on the set sizes, not only on the distributions: the synthetic balls shrink
+as more synthetic images are drawn, so recall falls and coverage rises with |F| even when both sets
+come from one distribution (Gaussian features of rank 64 in 2048-d, 320 real points: recall 0.70 at
+|F| = 320 and 0.58 at |F| = 2,000; coverage 0.89 and 1.00). The papers compare equal-sized sets;
+:func:`prdc_matched` does that for sets of different sizes: the larger set is shuffled and cut
+into ``L // S`` disjoint parts of the smaller set's size S, each part is compared with the whole
+smaller set, and the results are averaged (the ``L % S`` points left over are not used).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PRDC_K", "kth_neighbour_distances", "prdc", "prdc_bootstrap"]
+__all__ = ["PRDC_K", "kth_neighbour_distances", "prdc", "prdc_bootstrap", "prdc_matched"]
 
 PRDC_K = 3
 _BLOCK = 1024
@@ -89,6 +97,45 @@ def prdc(real, synthetic, k: int = PRDC_K, block: int = _BLOCK) -> dict:
             "density": float(in_real_balls.mean() / k), "coverage": float(covered.mean()), "k": k,
             "per_point": {"precision": precise, "recall": real_covered, "density": in_real_balls / k,
                           "coverage": covered}}
+
+
+def prdc_matched(real, synthetic, k: int = PRDC_K, seed: int = 0, block: int = _BLOCK) -> dict:
+    """:func:`prdc` at equal set sizes: the mean over disjoint, equal-sized parts of the larger set.
+
+    With S the smaller set's size, the larger set is shuffled (``seed``) and its first ``(L // S) * S``
+    points are cut into parts of S; each part is compared with the whole smaller set. Returns the four
+    means plus ``n_per_set`` (S), ``parts`` and ``per_point``: for the set that was cut, each used
+    point's value from its own part (in the original order, unused points left out); for the other
+    set, each point's value averaged over the parts. Their means are the four numbers, so
+    :func:`prdc_bootstrap` applies unchanged. Equal sizes give exactly :func:`prdc`.
+    """
+    r = _check(real, "real features")
+    f = _check(synthetic, "synthetic features")
+    if len(r) == len(f):
+        out = prdc(r, f, k, block)
+        return {**out, "n_per_set": len(r), "parts": 1}
+    cut_synthetic = len(f) > len(r)
+    small, large = (r, f) if cut_synthetic else (f, r)
+    size = len(small)
+    parts = len(large) // size
+    order = np.random.default_rng(seed).permutation(len(large))[:parts * size]
+    used = np.sort(order)
+    position = np.empty(len(large), dtype=np.int64)
+    position[used] = np.arange(len(used))
+    # the side that is cut: one value per used point; the other side: a sum over parts
+    cut_side = ("precision", "density") if cut_synthetic else ("recall", "coverage")
+    per_point = {}
+    for p in range(parts):
+        idx = order[p * size:(p + 1) * size]
+        res = prdc(r, large[idx], k, block) if cut_synthetic else prdc(large[idx], f, k, block)
+        for name, values in res["per_point"].items():
+            values = np.asarray(values, dtype=np.float64)
+            if name in cut_side:
+                per_point.setdefault(name, np.empty(len(used)))[position[idx]] = values
+            else:
+                per_point[name] = per_point.get(name, 0.0) + values / parts
+    means = {name: float(np.mean(v)) for name, v in per_point.items()}
+    return {**means, "k": k, "n_per_set": size, "parts": parts, "per_point": per_point}
 
 
 def prdc_bootstrap(per_point: dict, draws: int = 1000, level: float = 0.95, seed: int = 0) -> dict:

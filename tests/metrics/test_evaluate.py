@@ -9,7 +9,14 @@ import torch
 from PIL import Image
 
 from medsynth.cli import main
-from medsynth.metrics.evaluate import EvaluationError, evaluate_folders, evaluate_run, load_image_folder
+from medsynth.metrics.evaluate import (
+    EvaluationError,
+    compare_features,
+    evaluate_folders,
+    evaluate_run,
+    load_image_folder,
+    render_text,
+)
 from medsynth.metrics.fid import fid_from_features, load_stats
 
 MEDNIST = __import__("tests.conftest", fromlist=["MEDNIST"]).MEDNIST
@@ -68,6 +75,20 @@ def test_folder_fid_equals_feature_fid_and_16bit_pngs_read_right(tmp_path, extra
     save_stats(tmp_path / "other.npz", mu, sigma, features_id="another network")
     with pytest.raises(EvaluationError, match="other features"):
         evaluate_folders(tmp_path / "other.npz", other, extractor=extractor)
+
+
+def test_precision_to_coverage_compare_equal_set_sizes():
+    """2,000 synthetic against 320 real features: the four numbers are the mean over six disjoint parts
+    of 320 synthetic (prdc_matched), and the output says so."""
+    from medsynth.metrics.prdc import prdc_matched
+
+    rng = np.random.default_rng(0)
+    real, syn = rng.normal(size=(320, 32)), rng.normal(size=(2000, 32)) + 0.1
+    res = compare_features(real, syn, bootstrap=0, seed=3)
+    want = prdc_matched(real, syn, seed=3)
+    assert res["prdc_sets"] == {"n_per_set": 320, "parts": 6}
+    assert all(res[k] == want[k] for k in ("precision", "recall", "density", "coverage"))
+    assert "320 vs 320 images, mean of 6 disjoint parts" in render_text(res)
 
 
 def test_too_few_images_and_conflicting_options(tmp_path, capsys):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist
 
-from medsynth.metrics.prdc import kth_neighbour_distances, prdc, prdc_bootstrap
+from medsynth.metrics.prdc import kth_neighbour_distances, prdc, prdc_bootstrap, prdc_matched
 
 
 def test_hand_computed_case():
@@ -68,3 +68,50 @@ def test_bad_input():
         prdc(np.zeros((10, 4)), np.zeros((10, 5)))
     with pytest.raises(ValueError, match="NaN"):
         prdc(np.full((10, 4), np.nan), np.zeros((10, 4)))
+
+
+def test_matched_sizes_equal_sizes_is_plain_prdc():
+    rng = np.random.default_rng(4)
+    real, fake = rng.normal(size=(120, 16)), rng.normal(size=(120, 16)) + 0.3
+    got, want = prdc_matched(real, fake), prdc(real, fake)
+    assert (got["n_per_set"], got["parts"]) == (120, 1)
+    for name in ("precision", "recall", "density", "coverage"):
+        assert got[name] == want[name]
+
+
+@pytest.mark.parametrize("synthetic_larger", [True, False])
+def test_matched_sizes_is_the_mean_over_disjoint_parts_of_the_larger_set(synthetic_larger):
+    rng = np.random.default_rng(5)
+    small, large = rng.normal(size=(40, 8)), rng.normal(size=(130, 8)) * 1.2   # 3 parts of 40, 10 left over
+    real, fake = (small, large) if synthetic_larger else (large, small)
+    got = prdc_matched(real, fake, seed=7)
+    order = np.random.default_rng(7).permutation(130)
+    parts = [order[i * 40:(i + 1) * 40] for i in range(3)]
+    assert sorted(np.concatenate(parts).tolist()) == sorted(set(order[:120].tolist()))   # disjoint, 120 used
+    each = [prdc(small, large[p]) if synthetic_larger else prdc(large[p], small) for p in parts]
+    assert (got["n_per_set"], got["parts"]) == (40, 3)
+    for name in ("precision", "recall", "density", "coverage"):
+        assert got[name] == pytest.approx(np.mean([e[name] for e in each]), abs=1e-12)
+        assert got[name] == pytest.approx(np.mean(got["per_point"][name]), abs=1e-12)
+    cut = ("precision", "density") if synthetic_larger else ("recall", "coverage")
+    assert all(len(got["per_point"][n]) == 120 for n in cut)
+    assert all(len(got["per_point"][n]) == 40 for n in {"precision", "recall", "density", "coverage"} - set(cut))
+    assert prdc_matched(real, fake, seed=7)["recall"] == got["recall"]           # seeded
+
+
+def test_matched_sizes_remove_the_set_size_bias():
+    """One distribution, 200 real and 2,000 synthetic points: plain recall drops and coverage rises with
+    the larger synthetic set; at matched sizes both stay at their equal-size values."""
+    rng = np.random.default_rng(6)
+    basis = rng.normal(size=(64, 256))
+
+    def draw(n):
+        return rng.normal(size=(n, 64)) @ basis
+
+    real = draw(200)
+    equal = [prdc(real, draw(200)) for _ in range(5)]
+    eq = {n: np.mean([e[n] for e in equal]) for n in ("recall", "coverage")}
+    big = draw(2000)
+    plain, matched = prdc(real, big), prdc_matched(real, big)
+    assert plain["recall"] < eq["recall"] - 0.02 and plain["coverage"] > eq["coverage"] + 0.08
+    assert abs(matched["recall"] - eq["recall"]) < 0.03 and abs(matched["coverage"] - eq["coverage"]) < 0.06
