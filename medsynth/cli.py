@@ -451,7 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                     help="continue RUN (or --run-dir) from its newest checkpoint; only train.steps, "
                          "train.device, train.compile and the logging intervals may be overridden")
-    tr.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace an existing run directory (deleted only once the new run starts its first "
+                         "step; a refused start puts it back)")
     tr.set_defaults(func=_cmd_train)
 
     gen = sub.add_parser("generate", help="sample synthetic images from a run, a checkpoint or a shipped model",

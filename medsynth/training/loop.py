@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import signal
 import sys
@@ -88,19 +89,31 @@ def auto_compile(device: torch.device, steps: int, precision: str, distributed: 
 # run directory
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None:
+    """Check (and for a new run, create) the run folder. With ``overwrite``, an existing run is not
+    deleted here but moved aside to a hidden sibling, whose path is returned: the caller deletes it once
+    training starts, or puts it back when the new run is refused before its first step (a bad setting,
+    too little data, Ctrl-C while caching), so a mistyped command never costs the previous run."""
     if resume and overwrite:
         raise TrainingError("--resume and --overwrite contradict each other; choose one")
     exists = run_dir.exists() and any(run_dir.iterdir())
     if resume:
         if latest_checkpoint(run_dir / "checkpoints") is None:
             raise TrainingError(f"{run_dir}: nothing to resume (no checkpoints/step_*.pt)")
-        return
+        return None
     if exists and not overwrite:
         raise TrainingError(f"{run_dir} already exists; use --resume to continue it or --overwrite to replace it")
+    aside = None
     if exists:
-        shutil.rmtree(run_dir)
+        aside = run_dir.with_name(f".{run_dir.name}.replaced-{os.getpid()}")
+        shutil.rmtree(aside, ignore_errors=True)     # left by a killed process with this PID, long ago
+        try:
+            run_dir.rename(aside)
+        except OSError:                              # a mount point, or a folder we may not rename
+            shutil.rmtree(run_dir)
+            aside = None
     run_dir.mkdir(parents=True, exist_ok=True)
+    return aside
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> Config:
@@ -469,7 +482,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
     Under torchrun (``WORLD_SIZE`` > 1) this is one rank of a distributed run: see
     :mod:`medsynth.training.distributed`."""
     ctx = distributed.context_from_env()
-    stage = {"undo": None, "started": False}    # undo: what a failed start removes, "folder" or "contents"
+    # undo: what a failed start removes, "folder" or "contents"; aside: the run --overwrite replaces
+    stage = {"undo": None, "started": False, "aside": None}
     try:
         return _train(cfg, run_dir, ctx, resume=resume, overwrite=overwrite, progress=progress, stop_after=stop_after,
                       stage=stage)
@@ -480,11 +494,21 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
     finally:
         # a fresh run that failed before its first step (a model setting refused, the data too small, out of
         # memory while placing the networks, Ctrl-C while caching) leaves nothing behind that the corrected
-        # command would then refuse as "already exists"; a folder that was there before (empty, or emptied by
-        # --overwrite) stays, and one with contents was refused before anything was written
+        # command would then refuse as "already exists"; an empty folder that was there before stays, one with
+        # contents was refused before anything was written, and a run that --overwrite was replacing comes back
         if stage["undo"] and not stage["started"]:
             _discard(run_dir, keep_folder=stage["undo"] == "contents")
+        if stage["aside"] is not None:      # not deleted yet: the new run never started, so the old one returns
+            _put_back(stage["aside"], run_dir)
         distributed.teardown(ctx)
+
+
+def _put_back(aside: Path, run_dir: Path) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        aside.rename(run_dir)
+    except OSError as e:
+        print(f"warning: could not put the previous run back at {run_dir} ({e}); it is at {aside}", file=sys.stderr)
 
 
 def _discard(run_dir: Path, keep_folder: bool) -> None:
@@ -505,10 +529,10 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     main = ctx.is_main
     device = _setup_device(cfg, ctx)
     if main:
-        existed = run_dir.exists()              # empty, or replaced by --overwrite
-        prepare_run_dir(run_dir, resume, overwrite)
+        existed = run_dir.exists()              # empty, or with a run that --overwrite replaces
+        stage["aside"] = prepare_run_dir(run_dir, resume, overwrite)
         if not resume:
-            stage["undo"] = "contents" if existed else "folder"
+            stage["undo"] = "contents" if existed and stage["aside"] is None else "folder"
     torch.manual_seed(cfg.seed)
     if main:
         bundle = prepare_run_data(cfg, run_dir, progress=progress)
@@ -645,6 +669,9 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
 
     stop = _StopFlag()
     stage["started"] = True
+    if stage["aside"] is not None:        # the new run is set up: the one it replaces goes now
+        shutil.rmtree(stage["aside"], ignore_errors=True)
+        stage["aside"] = None
     try:
         while step < end:
             real, y = source.next()

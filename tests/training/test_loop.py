@@ -191,6 +191,23 @@ def test_existing_run_directory_is_refused_unless_resume_or_overwrite(tmp_path, 
         train(cfg, tmp_path / "empty", resume=True, progress=False)
 
 
+def test_overwrite_keeps_the_previous_run_until_the_new_one_starts(tmp_path, mednist_small):
+    run = tmp_path / "run"
+    cfg = tiny_config(mednist_small, **{"model.name": "dcgan", "train.steps": 2})
+    first = train(cfg, run, progress=False)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    # refused before its first step (too little data for the batch): the previous run is back, byte for byte
+    with pytest.raises(TrainingError, match="fewer than train.batch_size=500"):
+        train(tiny_config(mednist_small, **{"model.name": "dcgan", "train.batch_size": 500}), run, overwrite=True,
+              progress=False)
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert first.checkpoint.exists() and sorted(tmp_path.iterdir()) == [run]
+    # one that starts replaces it, and nothing of the old run is left beside it
+    second = train(tiny_config(mednist_small, **{"model.name": "dcgan", "train.steps": 1}), run, overwrite=True,
+                   progress=False)
+    assert second.step == 1 and not first.checkpoint.exists() and sorted(tmp_path.iterdir()) == [run]
+
+
 def test_bad_setups_get_clear_messages(tmp_path, mednist_small):
     with pytest.raises(TrainingError, match=r"has \d+ images, fewer than train.batch_size=500"):
         train(tiny_config(mednist_small, **{"train.batch_size": 500}), tmp_path / "a", progress=False)
