@@ -264,6 +264,12 @@ def export_run(run_dir, fmt: str, *, n: int | None = None, from_samples=None, ou
     if fmt == "png" and volumes:
         raise ExportError("PNG export is for 2D images; this run generates 3D volumes (use --format dicom or nifti)")
 
+    if samples is None:     # a mistyped --label is refused before --overwrite clears a previous export
+        try:
+            loaded.label_indices(n, label)
+        except ValueError as e:
+            raise ExportError(f"--label: {e}") from None
+
     out = Path(out) if out is not None else run_dir / "export"
     _prepare_out(out, overwrite, [run_dir / "checkpoints", *([samples_dir] if samples_dir is not None else [])])
     t0 = time.perf_counter()

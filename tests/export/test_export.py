@@ -71,6 +71,16 @@ def test_output_folder_rules(run2d, tmp_path, capsys):
     assert (run2d / "checkpoints").is_dir()
 
 
+def test_a_bad_label_is_refused_before_overwrite_clears_the_previous_export(run2d, tmp_path, capsys):
+    out = export(run2d, "png", tmp_path / "out", n=1)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(["export", str(run2d), "--format", "png", "-n", "1", "--skip-privacy-check", "--out", str(out),
+                 "--overwrite", "--label", "Hand"]) == 2
+    err = capsys.readouterr().err
+    assert "--label: unknown label 'Hand'" in err and "Traceback" not in err, err[-1000:]
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 def test_default_output_is_run_export(run2d, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(run2d, run, ignore=shutil.ignore_patterns("export", "privacy.json"))
