@@ -504,7 +504,8 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, overwrite: bool =
 
 
 def _put_back(aside: Path, run_dir: Path) -> None:
-    shutil.rmtree(run_dir, ignore_errors=True)
+    """Rename the replaced run back; _discard has already removed the new folder (a run moved aside
+    makes the undo "folder")."""
     try:
         aside.rename(run_dir)
     except OSError as e:
