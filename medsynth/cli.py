@@ -568,7 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--from-samples", metavar="DIR", help="export images already generated into DIR "
                                                           "(by 'medsynth generate')")
     ex.add_argument("--out", metavar="DIR", help="output folder (default RUN/export); must be empty")
-    ex.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace a previous export in --out; it is kept aside (hidden sibling "
+                         ".OUT.previous-export) until the new export is complete, and put back if it fails")
     ex.add_argument("--skip-privacy-check", action="store_true",
                     help="export samples that were not checked or failed (recorded in the provenance)")
     ex.add_argument("--seed", type=int, default=0, metavar="S", help="with -n: sampling seed (default 0)")

@@ -17,6 +17,9 @@ Modality (DICOM IOD; recorded in the manifest for every format) is decided per l
 
 Files are written under temporary names and renamed. ``OUT/.export-incomplete`` exists while an export
 runs; a folder holding it (an interrupted export) is cleared and re-exported without ``--overwrite``.
+``--overwrite`` first moves the previous export aside (to the hidden sibling ``.OUT.previous-export``) and
+deletes it only once the new export is complete; a failed or interrupted export puts it back, and so does
+the next export into the same folder when the process was killed.
 """
 
 from __future__ import annotations
@@ -146,14 +149,55 @@ def stored_values(images_m1p1: np.ndarray, mapping, signed_ok: bool) -> tuple[np
 # output folder and samples
 
 
-def _prepare_out(out: Path, overwrite: bool, protect: list[Path]) -> None:
+def _aside(out: Path) -> Path:
+    """Where ``--overwrite`` keeps the previous export until the new one is complete."""
+    out = out.resolve()
+    return out.parent / f".{out.name}.previous-export"
+
+
+def _complete(out: Path) -> bool:
+    return (out / "provenance.json").is_file() and not (out / INCOMPLETE).exists()
+
+
+def _recover(out: Path) -> None:
+    """A previous export left aside by an --overwrite that was killed: put it back unless the new export
+    finished (then the aside is only waiting to be deleted)."""
+    aside = _aside(out)
+    if not aside.is_dir():
+        return
+    if out.is_dir() and _complete(out):
+        shutil.rmtree(aside)
+        return
+    _log(f"{out}: an earlier --overwrite export did not finish; putting the previous export back")
+    if out.is_dir() and not out.is_symlink():
+        shutil.rmtree(out)
+    elif out.exists() or out.is_symlink():
+        out.unlink()
+    aside.rename(out)
+
+
+def _put_back(out: Path, aside: Path | None) -> None:
+    """After a failed or interrupted --overwrite export: the new, partial one goes, the previous comes back."""
+    if aside is None or not aside.is_dir():
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    aside.rename(out)
+    _log(f"{out}: the export did not finish; the previous export is back in place")
+
+
+def _prepare_out(out: Path, overwrite: bool, protect: list[Path]) -> Path | None:
+    """Check ``out`` and make it an empty folder holding the in-progress marker. Returns where a previous
+    export replaced by ``--overwrite`` now is (deleted by the caller once the new export is complete, put
+    back by :func:`_put_back` if it fails), or None when nothing was kept."""
     out_r = out.resolve()
     for p in protect:
         p = p.resolve()
         if out_r == p or p.is_relative_to(out_r):
             raise ExportError(f"--out {out} would overwrite {p}; choose another output folder")
+    _recover(out)
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} exists and is not a folder")
+    aside = None
     if out.is_dir() and any(out.iterdir()):
         looks_like_export = any((out / m).exists() for m in _EXPORT_MARKERS)
         if (out / INCOMPLETE).exists():
@@ -164,10 +208,21 @@ def _prepare_out(out: Path, overwrite: bool, protect: list[Path]) -> None:
         elif not looks_like_export:
             raise ExportError(f"output folder {out} is not empty and holds no medsynth export (no manifest.csv "
                               "or provenance.json); --overwrite only replaces a previous export")
-        for child in out.iterdir():
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        else:
+            cwd = Path.cwd().resolve()
+            try:
+                if cwd.is_relative_to(out_r):   # renaming it would move this process's working folder too
+                    raise OSError(0, "it holds the working folder")
+                out.rename(_aside(out))
+                aside = _aside(out)
+            except OSError as e:      # e.g. a mount point, or a parent folder we may not write to
+                _log(f"{out}: cannot move the previous export aside ({e.strerror}); replacing it in place")
+        if aside is None:
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
     out.mkdir(parents=True, exist_ok=True)
     (out / INCOMPLETE).write_text("medsynth export in progress; re-run the export to redo it\n")
+    return aside
 
 
 def read_samples(samples_dir: Path) -> list[Sample]:
@@ -217,7 +272,7 @@ def export_run(run_dir, fmt: str, *, n: int | None = None, from_samples=None, ou
                label: str | None = None, deterministic_uids: bool = False, nifti_float: bool = False,
                batch_size: int = 64) -> dict:
     """Export a run's synthetic images; returns the summary (also in OUT/provenance.json)."""
-    from medsynth.sampling import load_generator, read_sample, write_samples
+    from medsynth.sampling import load_generator
     from medsynth.training.checkpoint import CheckpointError
 
     run_dir = Path(run_dir)
@@ -259,7 +314,6 @@ def export_run(run_dir, fmt: str, *, n: int | None = None, from_samples=None, ou
             loaded = load_generator(run_dir, device="cpu")
     except CheckpointError as e:
         raise ExportError(str(e)) from None
-    state = loaded.state
     volumes = len(loaded.image_shape) == 4
     if fmt == "png" and volumes:
         raise ExportError("PNG export is for 2D images; this run generates 3D volumes (use --format dicom or nifti)")
@@ -271,7 +325,29 @@ def export_run(run_dir, fmt: str, *, n: int | None = None, from_samples=None, ou
             raise ExportError(f"--label: {e}") from None
 
     out = Path(out) if out is not None else run_dir / "export"
-    _prepare_out(out, overwrite, [run_dir / "checkpoints", *([samples_dir] if samples_dir is not None else [])])
+    aside = _prepare_out(out, overwrite, [run_dir / "checkpoints", *([samples_dir] if samples_dir is not None
+                                                                     else [])])
+    try:
+        summary = _export_into(out, run_dir, loaded, samples, samples_dir, fmt, n=n, from_samples=from_samples,
+                               skip_privacy_check=skip_privacy_check, modality=modality, bids=bids,
+                               bids_suffix=bids_suffix, bits=bits, seed=seed, label=label,
+                               deterministic_uids=deterministic_uids, nifti_float=nifti_float,
+                               batch_size=batch_size)
+    except BaseException:
+        _put_back(out, aside)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+    return summary
+
+
+def _export_into(out: Path, run_dir: Path, loaded, samples, samples_dir, fmt, *, n, from_samples,
+                 skip_privacy_check, modality, bids, bids_suffix, bits, seed, label, deterministic_uids,
+                 nifti_float, batch_size) -> dict:
+    """Generate or read the samples, gate them, write the files, then the manifest and provenance (last)."""
+    from medsynth.sampling import read_sample, write_samples
+
+    state = loaded.state
     t0 = time.perf_counter()
 
     # samples: generate (and privacy-check) or read

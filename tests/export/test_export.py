@@ -61,6 +61,7 @@ def test_output_folder_rules(run2d, tmp_path, capsys):
     (out / "stale.png").write_bytes(b"old")
     assert main([*base, "--overwrite"]) == 0
     assert not (out / "stale.png").exists()                       # a previous export is replaced whole
+    assert not (tmp_path / ".out.previous-export").exists()      # and the copy kept while it ran is gone
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
@@ -79,6 +80,60 @@ def test_a_bad_label_is_refused_before_overwrite_clears_the_previous_export(run2
     err = capsys.readouterr().err
     assert "--label: unknown label 'Hand'" in err and "Traceback" not in err, err[-1000:]
     assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _aside(out):
+    return out.parent / f".{out.name}.previous-export"
+
+
+def test_overwrite_keeps_the_previous_export_when_the_privacy_check_cannot_run(run2d, tmp_path, capsys,
+                                                                               monkeypatch):
+    import medsynth.privacy as privacy
+
+    out = export(run2d, "png", tmp_path / "out", n=2)
+    before = _files(out)
+
+    def cannot_run(run_dir, samples_dir, **kw):
+        raise privacy.PrivacyError("the training images are gone")
+
+    monkeypatch.setattr(privacy, "check_run", cannot_run)
+    assert main(["export", str(run2d), "--format", "png", "-n", "1", "--out", str(out), "--overwrite"]) != 0
+    err = capsys.readouterr().err
+    assert "the privacy check could not run" in err and "previous export is back" in err, err[-1000:]
+    assert _files(out) == before and not _aside(out).exists()
+
+
+def test_overwrite_keeps_the_previous_export_when_interrupted(run2d, tmp_path, monkeypatch):
+    from medsynth.export import png
+
+    out = export(run2d, "png", tmp_path / "out", n=2)
+    before = _files(out)
+    monkeypatch.setattr(png, "encode_png", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert main(["export", str(run2d), "--format", "png", "-n", "3", "--skip-privacy-check", "--out", str(out),
+                 "--overwrite"]) == 130
+    assert _files(out) == before and not _aside(out).exists()
+
+
+def test_a_killed_overwrite_is_undone_by_the_next_export(run2d, tmp_path, capsys):
+    out = export(run2d, "png", tmp_path / "out", n=2)
+    before = _files(out)
+    # what a process killed mid-export leaves: the previous export aside, a partial new one in place
+    out.rename(_aside(out))
+    out.mkdir()
+    (out / ".export-incomplete").write_text("in progress")
+    (out / "sample_0_000000.png").write_bytes(b"half")
+    base = ["export", str(run2d), "--format", "png", "-n", "1", "--skip-privacy-check", "--out", str(out)]
+    assert main(base) == 2                                        # the previous export is back, so not empty
+    assert "putting the previous export back" in capsys.readouterr().err
+    assert _files(out) == before and not _aside(out).exists()
+    # killed after the new export completed, while deleting the old one: the old one goes
+    shutil.copytree(out, _aside(out))
+    assert main([*base, "--overwrite"]) == 0
+    assert not _aside(out).exists() and len(list(out.glob("*.png"))) == 1
 
 
 def test_default_output_is_run_export(run2d, tmp_path):
