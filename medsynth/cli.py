@@ -453,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "train.device, train.compile and the logging intervals may be overridden")
     tr.add_argument("--overwrite", action="store_true",
                     help="replace an existing run directory (deleted only once the new run starts its first "
-                         "step; a refused start puts it back)")
+                         "step; a refused start puts it back, and so does the next train after a killed one)")
     tr.set_defaults(func=_cmd_train)
 
     gen = sub.add_parser("generate", help="sample synthetic images from a run, a checkpoint or a shipped model",

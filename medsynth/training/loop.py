@@ -96,6 +96,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
     too little data, Ctrl-C while caching), so a mistyped command never costs the previous run."""
     if resume and overwrite:
         raise TrainingError("--resume and --overwrite contradict each other; choose one")
+    recover_replaced_run(run_dir)
     exists = run_dir.exists() and any(run_dir.iterdir())
     if resume:
         if latest_checkpoint(run_dir / "checkpoints") is None:
@@ -114,6 +115,64 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path | None
             aside = None
     run_dir.mkdir(parents=True, exist_ok=True)
     return aside
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):    # someone else's process, or no way to tell: assume it runs
+        return True
+    return True
+
+
+def recover_replaced_run(run_dir: Path) -> Path | None:
+    """Undo what a ``train --overwrite`` killed before its first step left: the previous run in a hidden
+    ``.NAME.replaced-PID`` beside ``run_dir`` (and a half-set-up new run in ``run_dir``). The previous run
+    is put back; the half-set-up one, which never trained a step, goes. Folders of a process that is still
+    alive are left alone, and so is an ambiguous case (several of them), with a warning. A replaced run
+    whose deletion was under way (``.NAME.deleting-PID``) is deleted. Returns the run put back, if any."""
+    parent = run_dir.parent
+    if not parent.is_dir():
+        return None
+    for gone in parent.glob(f".{run_dir.name}.deleting-*"):
+        shutil.rmtree(gone, ignore_errors=True)
+    stale = []
+    for p in sorted(parent.glob(f".{run_dir.name}.replaced-*")):
+        pid = p.name.rsplit("-", 1)[-1]
+        if p.is_dir() and pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            stale.append(p)
+    if not stale:
+        return None
+    if len(stale) > 1:
+        print(f"warning: {len(stale)} replaced runs of {run_dir} are left beside it by killed processes "
+              f"({', '.join(p.name for p in stale)}); not putting any back: move the one you want to {run_dir}",
+              file=sys.stderr)
+        return None
+    if run_dir.exists() and latest_checkpoint(run_dir / "checkpoints") is not None:
+        # the new run trained: the old one was on its way out (killed while it was being deleted)
+        shutil.rmtree(stale[0], ignore_errors=True)
+        return None
+    print(f"{run_dir}: an earlier 'train --overwrite' was stopped before its first step; putting the run it "
+          "was replacing back", file=sys.stderr)
+    if run_dir.is_dir() and not run_dir.is_symlink():
+        shutil.rmtree(run_dir)
+    elif run_dir.exists() or run_dir.is_symlink():
+        run_dir.unlink()
+    stale[0].rename(run_dir)
+    return run_dir
+
+
+def _delete_replaced(aside: Path) -> None:
+    """Delete the run --overwrite replaced: renamed first, so a process killed while deleting leaves a
+    folder that is only ever deleted, never put back (see :func:`recover_replaced_run`)."""
+    gone = aside.with_name(aside.name.replace(".replaced-", ".deleting-", 1))
+    try:
+        aside.rename(gone)
+    except OSError:
+        gone = aside
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> Config:
@@ -671,7 +730,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     stop = _StopFlag()
     stage["started"] = True
     if stage["aside"] is not None:        # the new run is set up: the one it replaces goes now
-        shutil.rmtree(stage["aside"], ignore_errors=True)
+        _delete_replaced(stage["aside"])
         stage["aside"] = None
     try:
         while step < end:

@@ -208,6 +208,34 @@ def test_overwrite_keeps_the_previous_run_until_the_new_one_starts(tmp_path, med
     assert second.step == 1 and not first.checkpoint.exists() and sorted(tmp_path.iterdir()) == [run]
 
 
+def test_a_killed_overwrite_is_undone_by_the_next_train(tmp_path, mednist_small, capsys):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    cfg = tiny_config(mednist_small, **{"model.name": "dcgan", "train.steps": 2})
+    train(cfg, run, progress=False)
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        # what a 'train --overwrite' killed while caching leaves: the old run aside, a half-set-up new one
+        run.rename(tmp_path / f".run.replaced-{dead}")
+        run.mkdir()
+        (run / "config.yaml").write_text("name: half\n")
+        (tmp_path / ".run.deleting-7").mkdir()                           # killed while deleting: only deleted
+        (tmp_path / f".run.replaced-{alive.pid}").mkdir()                 # another live process's: left alone
+        with pytest.raises(TrainingError, match="already exists"):
+            train(cfg, run, progress=False)
+        assert "putting the run it was replacing back" in capsys.readouterr().err
+        assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == [f".run.replaced-{alive.pid}", "run"]
+    finally:
+        alive.kill()
+        alive.wait()
+
+
 def test_bad_setups_get_clear_messages(tmp_path, mednist_small):
     with pytest.raises(TrainingError, match=r"has \d+ images, fewer than train.batch_size=500"):
         train(tiny_config(mednist_small, **{"train.batch_size": 500}), tmp_path / "a", progress=False)
