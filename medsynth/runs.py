@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -31,6 +32,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_path(path: Path) -> None:
+    """Delete a folder tree, a file or a link (the link, not what it points to); nothing if absent."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def put_back(aside: Path, target: Path) -> None:
+    """Return a folder that was moved aside (renamed, in the same parent folder) to ``target``, replacing
+    whatever is there now: how ``train --overwrite`` and ``export --overwrite`` undo a replacement."""
+    remove_path(target)
+    aside.rename(target)
 
 
 def prepare_run_data(cfg, run_dir: Path, progress=None, write: bool = True):

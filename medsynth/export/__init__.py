@@ -29,6 +29,7 @@ import re
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +38,7 @@ import numpy as np
 from medsynth import __version__
 from medsynth.export.gate import FAILED, PASSED, PrivacyGateError, apply_gate, sha256_bytes
 from medsynth.export.manifest import write_file as _write
+from medsynth.runs import put_back, remove_path
 
 __all__ = ["ExportError", "PrivacyGateError", "export_run", "decide_modality", "FORMATS", "KINDS"]
 
@@ -169,26 +171,28 @@ def _recover(out: Path) -> None:
         shutil.rmtree(aside)
         return
     _log(f"{out}: an earlier --overwrite export did not finish; putting the previous export back")
-    if out.is_dir() and not out.is_symlink():
-        shutil.rmtree(out)
-    elif out.exists() or out.is_symlink():
-        out.unlink()
-    aside.rename(out)
+    put_back(aside, out)
 
 
-def _put_back(out: Path, aside: Path | None) -> None:
-    """After a failed or interrupted --overwrite export: the new, partial one goes, the previous comes back."""
-    if aside is None or not aside.is_dir():
-        return
-    shutil.rmtree(out, ignore_errors=True)
-    aside.rename(out)
-    _log(f"{out}: the export did not finish; the previous export is back in place")
+@contextmanager
+def _replacing(out: Path, aside: Path | None):
+    """The export into ``out`` runs in this block. ``aside``: the previous export, moved there by
+    :func:`_prepare_out`. If the block fails or is interrupted, the new, partial export goes and the previous
+    one comes back; if it completes, the previous one is deleted."""
+    try:
+        yield
+    except BaseException:
+        if aside is not None and aside.is_dir():
+            put_back(aside, out)
+            _log(f"{out}: the export did not finish; the previous export is back in place")
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def _prepare_out(out: Path, overwrite: bool, protect: list[Path]) -> Path | None:
     """Check ``out`` and make it an empty folder holding the in-progress marker. Returns where a previous
-    export replaced by ``--overwrite`` now is (deleted by the caller once the new export is complete, put
-    back by :func:`_put_back` if it fails), or None when nothing was kept."""
+    export replaced by ``--overwrite`` now is (for :func:`_replacing`), or None when nothing was kept."""
     out_r = out.resolve()
     for p in protect:
         p = p.resolve()
@@ -208,18 +212,18 @@ def _prepare_out(out: Path, overwrite: bool, protect: list[Path]) -> Path | None
         elif not looks_like_export:
             raise ExportError(f"output folder {out} is not empty and holds no medsynth export (no manifest.csv "
                               "or provenance.json); --overwrite only replaces a previous export")
+        elif Path.cwd().resolve().is_relative_to(out_r):   # renaming it would move our working folder too
+            _log(f"{out}: cannot move the previous export aside (it holds the working folder); replacing it in "
+                 "place")
         else:
-            cwd = Path.cwd().resolve()
             try:
-                if cwd.is_relative_to(out_r):   # renaming it would move this process's working folder too
-                    raise OSError(0, "it holds the working folder")
                 out.rename(_aside(out))
                 aside = _aside(out)
             except OSError as e:      # e.g. a mount point, or a parent folder we may not write to
                 _log(f"{out}: cannot move the previous export aside ({e.strerror}); replacing it in place")
         if aside is None:
             for child in out.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                remove_path(child)
     out.mkdir(parents=True, exist_ok=True)
     (out / INCOMPLETE).write_text("medsynth export in progress; re-run the export to redo it\n")
     return aside
@@ -272,7 +276,7 @@ def export_run(run_dir, fmt: str, *, n: int | None = None, from_samples=None, ou
                label: str | None = None, deterministic_uids: bool = False, nifti_float: bool = False,
                batch_size: int = 64) -> dict:
     """Export a run's synthetic images; returns the summary (also in OUT/provenance.json)."""
-    from medsynth.sampling import load_generator
+    from medsynth.sampling import load_generator, read_sample, write_samples
     from medsynth.training.checkpoint import CheckpointError
 
     run_dir = Path(run_dir)
@@ -318,105 +322,86 @@ def export_run(run_dir, fmt: str, *, n: int | None = None, from_samples=None, ou
     if fmt == "png" and volumes:
         raise ExportError("PNG export is for 2D images; this run generates 3D volumes (use --format dicom or nifti)")
 
-    if samples is None:     # a mistyped --label is refused before --overwrite clears a previous export
+    if samples is None:     # a mistyped --label is refused before anything in --out is touched
         try:
             loaded.label_indices(n, label)
         except ValueError as e:
             raise ExportError(f"--label: {e}") from None
 
     out = Path(out) if out is not None else run_dir / "export"
-    aside = _prepare_out(out, overwrite, [run_dir / "checkpoints", *([samples_dir] if samples_dir is not None
-                                                                     else [])])
-    try:
-        summary = _export_into(out, run_dir, loaded, samples, samples_dir, fmt, n=n, from_samples=from_samples,
-                               skip_privacy_check=skip_privacy_check, modality=modality, bids=bids,
-                               bids_suffix=bids_suffix, bits=bits, seed=seed, label=label,
-                               deterministic_uids=deterministic_uids, nifti_float=nifti_float,
-                               batch_size=batch_size)
-    except BaseException:
-        _put_back(out, aside)
-        raise
-    if aside is not None:
-        shutil.rmtree(aside, ignore_errors=True)
-    return summary
+    protect = [run_dir / "checkpoints", *([samples_dir] if samples_dir is not None else [])]
+    aside = _prepare_out(out, overwrite, protect)
+    with _replacing(out, aside):
+        state = loaded.state
+        t0 = time.perf_counter()
 
+        # samples: generate (and privacy-check) or read
+        if samples is None:
+            samples_dir = out / "samples"
+            _log(f"generating {n} samples (seed {seed}) into {samples_dir}")
+            try:
+                write_samples(loaded, samples_dir, n, labels=label, seed=seed, batch_size=batch_size)
+            except ValueError as e:
+                raise ExportError(str(e)) from None
+            samples = read_samples(samples_dir)
+            if not skip_privacy_check:
+                _run_privacy_check(run_dir, samples_dir)
+        digests = {s.name: sha256_bytes(s.path.read_bytes()) for s in samples}
+        gate = apply_gate(run_dir, samples_dir, digests, skip_privacy_check)
+        chosen = [s for s in samples if s.name in set(gate.export)]
+        if gate.left_out:
+            _log(f"privacy: {len(gate.left_out)} flagged sample(s) left out")
+        if skip_privacy_check:
+            c = gate.counts()
+            _log(f"privacy check skipped: exporting {len(chosen)} sample(s) ({c[PASSED]} passed, {c[FAILED]} failed, "
+                 f"{c['unchecked']} unchecked)")
 
-def _export_into(out: Path, run_dir: Path, loaded, samples, samples_dir, fmt, *, n, from_samples,
-                 skip_privacy_check, modality, bids, bids_suffix, bits, seed, label, deterministic_uids,
-                 nifti_float, batch_size) -> dict:
-    """Generate or read the samples, gate them, write the files, then the manifest and provenance (last)."""
-    from medsynth.sampling import read_sample, write_samples
+        writer = _Writer(loaded, state, fmt, out, modality=modality, bids=bids, bids_suffix=bids_suffix, bits=bits,
+                         deterministic_uids=deterministic_uids, nifti_float=nifti_float)
+        rows = []
+        for s in chosen:
+            try:
+                image = read_sample(s.path)
+            except (OSError, ValueError) as e:
+                raise ExportError(f"{s.path}: not readable as a medsynth sample ({e})") from None
+            want = tuple(loaded.image_shape[1:])
+            if image.shape != want:
+                raise ExportError(f"{s.path}: shape {image.shape}, but the run generates {want}")
+            for row in writer.write(s, image):
+                row.update({"sample_file": s.name, "sample_sha256": digests[s.name], "privacy": gate.status[s.name]})
+                rows.append(row)
+        if fmt == "nifti" and bids:
+            from medsynth.export.nifti import dataset_description
 
-    state = loaded.state
-    t0 = time.perf_counter()
+            _write(out / "dataset_description.json",
+                   dataset_description(state["model_name"], loaded.checkpoint_sha256, run_dir.name).encode())
 
-    # samples: generate (and privacy-check) or read
-    if samples is None:
-        samples_dir = out / "samples"
-        _log(f"generating {n} samples (seed {seed}) into {samples_dir}")
-        try:
-            write_samples(loaded, samples_dir, n, labels=label, seed=seed, batch_size=batch_size)
-        except ValueError as e:
-            raise ExportError(str(e)) from None
-        samples = read_samples(samples_dir)
-        if not skip_privacy_check:
-            _run_privacy_check(run_dir, samples_dir)
-    digests = {s.name: sha256_bytes(s.path.read_bytes()) for s in samples}
-    gate = apply_gate(run_dir, samples_dir, digests, skip_privacy_check)
-    chosen = [s for s in samples if s.name in set(gate.export)]
-    if gate.left_out:
-        _log(f"privacy: {len(gate.left_out)} flagged sample(s) left out")
-    if skip_privacy_check:
-        c = gate.counts()
-        _log(f"privacy check skipped: exporting {len(chosen)} sample(s) ({c[PASSED]} passed, {c[FAILED]} failed, "
-             f"{c['unchecked']} unchecked)")
+        from medsynth.export.manifest import metrics_summary, write_manifest, write_provenance
 
-    writer = _Writer(loaded, state, fmt, out, modality=modality, bids=bids, bids_suffix=bids_suffix, bits=bits,
-                     deterministic_uids=deterministic_uids, nifti_float=nifti_float)
-    rows = []
-    for s in chosen:
-        try:
-            image = read_sample(s.path)
-        except (OSError, ValueError) as e:
-            raise ExportError(f"{s.path}: not readable as a medsynth sample ({e})") from None
-        want = tuple(loaded.image_shape[1:])
-        if image.shape != want:
-            raise ExportError(f"{s.path}: shape {image.shape}, but the run generates {want}")
-        for row in writer.write(s, image):
-            row.update({"sample_file": s.name, "sample_sha256": digests[s.name], "privacy": gate.status[s.name]})
-            rows.append(row)
-    if fmt == "nifti" and bids:
-        from medsynth.export.nifti import dataset_description
-
-        _write(out / "dataset_description.json",
-               dataset_description(state["model_name"], loaded.checkpoint_sha256, run_dir.name).encode())
-
-    from medsynth.export.manifest import metrics_summary, write_manifest, write_provenance
-
-    seconds = time.perf_counter() - t0
-    provenance = {
-        "schema": "medsynth-export/1", "medsynth_version": __version__,
-        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "run_dir": str(run_dir.resolve()), "checkpoint": str(loaded.checkpoint),
-        "checkpoint_sha256": loaded.checkpoint_sha256, "model_name": state.get("model_name"),
-        "training_step": state.get("step"), "data_fingerprint": state.get("data_fingerprint"),
-        "format": fmt, "files": len(rows), "samples": len(chosen), "samples_dir": str(samples_dir.resolve()),
-        "options": {"n": n, "from_samples": str(from_samples) if from_samples is not None else None, "seed": seed,
-                    "label": label, "modality": modality, "bids": bids, "bids_suffix": bids_suffix, "bits": bits,
-                    "deterministic_uids": deterministic_uids, "float": nifti_float,
-                    "skip_privacy_check": skip_privacy_check},
-        "modality": writer.modalities, "geometry": writer.geometry_record(),
-        "intensity": {**loaded.mapping.to_dict(), "stored": writer.stored_note()},
-        "privacy": {**gate.to_dict(), "per_file": {r["file"]: r["privacy"] for r in rows}},
-        "metrics": metrics_summary(run_dir), "seconds": round(seconds, 3),
-    }
-    write_manifest(out / "manifest.csv", rows)
-    write_provenance(out / "provenance.json", provenance)
-    (out / INCOMPLETE).unlink()
-    return {"out": str(out), "format": fmt, "files": len(rows), "samples": len(chosen),
-            "left_out_failed": len(gate.left_out), "privacy": gate.to_dict(), "modality": writer.modalities,
-            "manifest": str(out / "manifest.csv"), "provenance": str(out / "provenance.json"),
-            "seconds": round(seconds, 3)}
+        seconds = time.perf_counter() - t0
+        provenance = {
+            "schema": "medsynth-export/1", "medsynth_version": __version__,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "run_dir": str(run_dir.resolve()), "checkpoint": str(loaded.checkpoint),
+            "checkpoint_sha256": loaded.checkpoint_sha256, "model_name": state.get("model_name"),
+            "training_step": state.get("step"), "data_fingerprint": state.get("data_fingerprint"),
+            "format": fmt, "files": len(rows), "samples": len(chosen), "samples_dir": str(samples_dir.resolve()),
+            "options": {"n": n, "from_samples": str(from_samples) if from_samples is not None else None, "seed": seed,
+                        "label": label, "modality": modality, "bids": bids, "bids_suffix": bids_suffix, "bits": bits,
+                        "deterministic_uids": deterministic_uids, "float": nifti_float,
+                        "skip_privacy_check": skip_privacy_check},
+            "modality": writer.modalities, "geometry": writer.geometry_record(),
+            "intensity": {**loaded.mapping.to_dict(), "stored": writer.stored_note()},
+            "privacy": {**gate.to_dict(), "per_file": {r["file"]: r["privacy"] for r in rows}},
+            "metrics": metrics_summary(run_dir), "seconds": round(seconds, 3),
+        }
+        write_manifest(out / "manifest.csv", rows)
+        write_provenance(out / "provenance.json", provenance)
+        (out / INCOMPLETE).unlink()
+        return {"out": str(out), "format": fmt, "files": len(rows), "samples": len(chosen),
+                "left_out_failed": len(gate.left_out), "privacy": gate.to_dict(), "modality": writer.modalities,
+                "manifest": str(out / "manifest.csv"), "provenance": str(out / "provenance.json"),
+                "seconds": round(seconds, 3)}
 
 
 def _run_privacy_check(run_dir: Path, samples_dir: Path) -> None:

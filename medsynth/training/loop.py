@@ -28,7 +28,7 @@ from medsynth import __version__
 from medsynth.config import Config, config_from_dict, dump_config, load_yaml
 from medsynth.data.cache import take_rows
 from medsynth.models import GanModel, build_model
-from medsynth.runs import append_jsonl, atomic_write_bytes, atomic_write_text, prepare_run_data
+from medsynth.runs import append_jsonl, atomic_write_bytes, atomic_write_text, prepare_run_data, put_back
 from medsynth.training import distributed
 from medsynth.training.augment import AdaptiveP, augment
 from medsynth.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, prune, save_checkpoint
@@ -122,7 +122,7 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):    # someone else's process, or no way to tell: assume it runs
+    except OSError:          # someone else's process (PermissionError), or no way to tell: assume it runs
         return True
     return True
 
@@ -156,11 +156,7 @@ def recover_replaced_run(run_dir: Path) -> Path | None:
         return None
     print(f"{run_dir}: an earlier 'train --overwrite' was stopped before its first step; putting the run it "
           "was replacing back", file=sys.stderr)
-    if run_dir.is_dir() and not run_dir.is_symlink():
-        shutil.rmtree(run_dir)
-    elif run_dir.exists() or run_dir.is_symlink():
-        run_dir.unlink()
-    stale[0].rename(run_dir)
+    put_back(stale[0], run_dir)
     return run_dir
 
 
