@@ -123,7 +123,9 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from medsynth.sampling import load_generator, write_samples
+    import csv
+
+    from medsynth.sampling import earlier_samples, load_generator, remove_earlier_samples, write_samples
     from medsynth.zoo import ZooError, available, model_path, summary
 
     if args.list_models:
@@ -154,12 +156,21 @@ def _cmd_generate(args) -> int:
         run_dir = src if src.is_dir() else loaded.checkpoint.parent.parent
         default_out = run_dir / "samples" / f"generated_seed{args.seed}"
     out = Path(args.out) if args.out else default_out
+    earlier = earlier_samples(out)
+    if earlier is not None and not args.overwrite:
+        raise UserError(f"{out} already holds samples of an earlier 'medsynth generate' ({len(earlier)} listed in "
+                        f"its manifest.csv); pass --overwrite to replace them, or --out another folder")
     try:
         manifest = write_samples(loaded, out, args.n, labels=args.label, seed=args.seed,
                                  truncation=args.truncation, batch_size=args.batch_size)
     except ValueError as e:
         raise UserError(str(e)) from None
     print(f"wrote {args.n} images and {manifest}")
+    if earlier:
+        new = [row["file"] for row in csv.DictReader(manifest.open(newline=""))]
+        removed = remove_earlier_samples(out, earlier, new)
+        if removed:
+            print(f"removed {removed} images of the earlier generate that this one did not replace")
     return EXIT_OK
 
 
@@ -473,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--truncation", type=float, default=1.0, metavar="PSI", help="latent truncation (1: none)")
     gen.add_argument("--out", metavar="DIR", help="output folder (default RUN/samples/generated_seed<S>, or "
                                                   "NAME_seed<S> with --model)")
+    gen.add_argument("--overwrite", action="store_true",
+                     help="replace the samples of an earlier generate into the same folder (without it, such a "
+                          "folder is refused): the new images and manifest.csv are written first, then the "
+                          "earlier manifest's images that were not rewritten are deleted; other files stay")
     gen.set_defaults(func=_cmd_generate)
 
     ev = sub.add_parser("evaluate", help="fidelity: FID (pytorch-fid's, offline), KID, precision/recall, diversity",

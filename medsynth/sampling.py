@@ -152,6 +152,34 @@ def write_samples(loaded: LoadedGenerator, out_dir: Path, n: int, labels=None, s
     return out_dir / "manifest.csv"
 
 
+def earlier_samples(out_dir: Path) -> list[str] | None:
+    """The files listed by the manifest.csv of an earlier :func:`write_samples` into ``out_dir``, or
+    None when the folder holds no such manifest. Only plain names are returned (a listed path that
+    leaves the folder is ignored), so replacing them can never touch anything else."""
+    manifest = Path(out_dir) / "manifest.csv"
+    if not manifest.is_file():
+        return None
+    try:
+        with manifest.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+    names = [r.get("file") or "" for r in rows]
+    return [n for n in names if n and Path(n).name == n and n not in (".", "..")]
+
+
+def remove_earlier_samples(out_dir: Path, earlier: list[str], keep) -> int:
+    """Delete the files of an earlier write that the new one did not rewrite (``keep``: the new
+    manifest's names); returns how many were removed."""
+    keep, removed = set(keep), 0
+    for name in earlier:
+        path = Path(out_dir) / name
+        if name not in keep and name != "manifest.csv" and path.is_file():
+            path.unlink()
+            removed += 1
+    return removed
+
+
 def read_sample(path) -> np.ndarray:
     """A file written by :func:`write_samples` back in [-1, 1] (float32; 2D from PNG, 3D from .npy)."""
     from PIL import Image

@@ -89,3 +89,28 @@ def test_damaged_or_mismatched_checkpoints_are_refused(conditional_run, tmp_path
     p = subprocess.run([sys.executable, "-m", "medsynth", "generate", str(tmp_path / "trunc.pt"), "-n", "1"],
                        capture_output=True, text=True, cwd=REPO)
     assert p.returncode == 2 and "not a readable checkpoint" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_generate_into_an_earlier_generate_needs_overwrite_and_then_leaves_only_the_new_set(conditional_run, tmp_path,
+                                                                                            capsys):
+    from medsynth.cli import main
+
+    out = tmp_path / "gen"
+    assert main(["generate", str(conditional_run), "-n", "5", "--seed", "1", "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    # refused: a second set would leave the first one's files unlisted beside it
+    assert main(["generate", str(conditional_run), "-n", "2", "--seed", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "already holds samples of an earlier 'medsynth generate' (5 listed" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # replaced: exactly the new manifest's images remain, plus the user's own file
+    assert main(["generate", str(conditional_run), "-n", "2", "--seed", "2", "--out", str(out), "--overwrite"]) == 0
+    assert "removed 5 images" in capsys.readouterr().out
+    rows = list(csv.DictReader((out / "manifest.csv").open()))
+    assert sorted(p.name for p in out.iterdir()) == sorted([r["file"] for r in rows] + ["manifest.csv", "notes.txt"])
+    assert [r["seed"] for r in rows] == ["2", "2"] and (out / "notes.txt").read_text() == "mine"
+    # a rerun with the same seed and fewer images keeps the rewritten names and drops the rest
+    assert main(["generate", str(conditional_run), "-n", "1", "--seed", "2", "--out", str(out), "--overwrite"]) == 0
+    assert sorted(p.name for p in out.glob("sample_*")) == ["sample_2_000000.png"]
