@@ -123,9 +123,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    import csv
-
-    from medsynth.sampling import earlier_samples, load_generator, remove_earlier_samples, write_samples
+    from medsynth.sampling import listed_samples, load_generator, remove_earlier_samples, write_samples
     from medsynth.zoo import ZooError, available, model_path, summary
 
     if args.list_models:
@@ -156,7 +154,7 @@ def _cmd_generate(args) -> int:
         run_dir = src if src.is_dir() else loaded.checkpoint.parent.parent
         default_out = run_dir / "samples" / f"generated_seed{args.seed}"
     out = Path(args.out) if args.out else default_out
-    earlier = earlier_samples(out)
+    earlier = listed_samples(out)
     if earlier is not None and not args.overwrite:
         raise UserError(f"{out} already holds samples of an earlier 'medsynth generate' ({len(earlier)} listed in "
                         f"its manifest.csv); pass --overwrite to replace them, or --out another folder")
@@ -167,8 +165,7 @@ def _cmd_generate(args) -> int:
         raise UserError(str(e)) from None
     print(f"wrote {args.n} images and {manifest}")
     if earlier:
-        new = [row["file"] for row in csv.DictReader(manifest.open(newline=""))]
-        removed = remove_earlier_samples(out, earlier, new)
+        removed = remove_earlier_samples(out, earlier)
         if removed:
             print(f"removed {removed} images of the earlier generate that this one did not replace")
     return EXIT_OK

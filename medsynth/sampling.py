@@ -152,26 +152,30 @@ def write_samples(loaded: LoadedGenerator, out_dir: Path, n: int, labels=None, s
     return out_dir / "manifest.csv"
 
 
-def earlier_samples(out_dir: Path) -> list[str] | None:
-    """The files listed by the manifest.csv of an earlier :func:`write_samples` into ``out_dir``, or
-    None when the folder holds no such manifest. Only plain names are returned (a listed path that
-    leaves the folder is ignored), so replacing them can never touch anything else."""
+def listed_samples(out_dir: Path) -> list[str] | None:
+    """The files listed by the manifest.csv that :func:`write_samples` wrote into ``out_dir``, or None when
+    the folder holds no manifest. Only plain names are returned (a listed path that leaves the folder is
+    ignored), so deleting them can never touch anything else."""
+    from medsynth.export.manifest import read_manifest
+
     manifest = Path(out_dir) / "manifest.csv"
     if not manifest.is_file():
         return None
     try:
-        with manifest.open(newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = read_manifest(manifest)
     except (OSError, UnicodeDecodeError, csv.Error):
         return []
     names = [r.get("file") or "" for r in rows]
     return [n for n in names if n and Path(n).name == n and n not in (".", "..")]
 
 
-def remove_earlier_samples(out_dir: Path, earlier: list[str], keep) -> int:
-    """Delete the files of an earlier write that the new one did not rewrite (``keep``: the new
-    manifest's names); returns how many were removed."""
-    keep, removed = set(keep), 0
+def remove_earlier_samples(out_dir: Path, earlier: list[str]) -> int:
+    """After :func:`write_samples` replaced an earlier write into ``out_dir``: delete the files that the
+    earlier manifest listed (``earlier``, from :func:`listed_samples` before the write) and the new one
+    does not; returns how many were removed. Nothing is deleted when the new manifest cannot be read."""
+    keep, removed = set(listed_samples(out_dir) or []), 0
+    if not keep:
+        return 0
     for name in earlier:
         path = Path(out_dir) / name
         if name not in keep and name != "manifest.csv" and path.is_file():
