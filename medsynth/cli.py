@@ -458,7 +458,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/<name>)")
     tr.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
                     help="continue RUN (or --run-dir) from its newest checkpoint; only train.steps, "
-                         "train.device, train.compile and the logging intervals may be overridden")
+                         "train.device, train.compile, the logging intervals and a learning-rate decay that "
+                         "has not begun (train.lr_decay_start/final) may be overridden")
     tr.add_argument("--overwrite", action="store_true",
                     help="replace an existing run directory (deleted only once the new run starts its first "
                          "step; a refused start puts it back, and so does the next train after a killed one)")

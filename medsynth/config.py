@@ -161,6 +161,12 @@ class TrainConfig:
     lr_d: float | None = _opt(None, "discriminator learning rate (default: the model's, 2e-4 for both)", min=0.0)
     betas: list[float] | None = _opt(None, "Adam betas (default: the model's; dcgan [0.5, 0.999], "
                                            "resgan [0.0, 0.99])")
+    lr_decay_start: int | None = _opt(None, "step from which both learning rates decay linearly, reaching "
+                                            "lr x train.lr_decay_final at train.steps (null: constant rates); "
+                                            "may be set or moved on --resume while it is not before the "
+                                            "checkpoint's step", min=0)
+    lr_decay_final: float = _opt(0.0, "fraction of the learning rates left at train.steps when "
+                                      "train.lr_decay_start is set", min=0.0, max=1.0)
     d_steps: int | None = _opt(None, "discriminator updates per generator update (default: the model's; "
                                      "dcgan 5 as in MONAI's tutorial, resgan 1)", min=1)
     device: str = _opt("auto", "auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
@@ -334,6 +340,9 @@ def _validate(cfg: Config, sources: dict[str, str], default_source: str) -> None
             check_kinds(cfg.model.augment)
         except ValueError as e:
             err("model.augment", str(e))
+    if cfg.train.lr_decay_start is not None and cfg.train.lr_decay_start >= cfg.train.steps:
+        err("train.lr_decay_start", f"the decay must start before train.steps ({cfg.train.steps}); "
+                                    f"got {cfg.train.lr_decay_start}")
     if cfg.train.betas is not None and len(cfg.train.betas) != 2:
         err("train.betas", f"expected two numbers, got {cfg.train.betas}")
 

@@ -172,13 +172,14 @@ def _delete_replaced(aside: Path) -> None:
 
 
 def resume_config(run_dir: Path, overrides: list[str]) -> Config:
-    """The run's own config.yaml; only train.steps, the train.* logging intervals, the device and
-    train.compile (speed only, though compiled kernels round differently) may change on resume."""
+    """The run's own config.yaml; only train.steps, the train.* logging intervals, the device,
+    train.compile (speed only, though compiled kernels round differently) and the learning-rate decay
+    (checked against the checkpoint in ``_train``: only while it has not started) may change on resume."""
     from medsynth.config import parse_override
 
     raw = load_yaml(run_dir / "config.yaml")
     allowed = {"train.steps", "train.checkpoint_every", "train.grid_every", "train.keep_last", "train.device",
-               "train.compile"}
+               "train.compile", "train.lr_decay_start", "train.lr_decay_final"}
     for text in overrides:
         key, value = parse_override(text)
         if key not in allowed:
@@ -186,6 +187,34 @@ def resume_config(run_dir: Path, overrides: list[str]) -> Config:
                                 "start a new run for other changes")
         raw.setdefault("train", {})[key.split(".", 1)[1]] = value
     return config_from_dict(raw, source=str(run_dir / "config.yaml"))
+
+
+def lr_factor(train_cfg, step: int) -> float:
+    """The learning-rate multiplier for the update taken at ``step`` (0-based): 1 until
+    train.lr_decay_start, then linear down to train.lr_decay_final at train.steps."""
+    start = train_cfg.lr_decay_start
+    if start is None or step < start:
+        return 1.0
+    final = train_cfg.lr_decay_final
+    done = min(1.0, (step - start) / max(1, train_cfg.steps - start))
+    return 1.0 - (1.0 - final) * done
+
+
+def check_lr_history(saved_train: dict, train_cfg, step: int) -> None:
+    """Refuse a resume whose learning-rate schedule would differ, before ``step``, from the one the
+    checkpoint was trained with: the resumed run must equal an uninterrupted run of its own config."""
+    saved = (saved_train.get("lr_decay_start"), saved_train.get("lr_decay_final", 0.0), saved_train.get("steps"))
+    now = (train_cfg.lr_decay_start, train_cfg.lr_decay_final, train_cfg.steps)
+    started = [s is not None and s < step for s in (saved[0], now[0])]
+    if not any(started) or saved == now:
+        return
+    if started[0]:
+        raise TrainingError(f"the learning-rate decay began at step {saved[0]} (lr x {saved[1]:g} at step "
+                            f"{saved[2]}) and the checkpoint is at step {step}; train.steps, "
+                            "train.lr_decay_start and train.lr_decay_final cannot change once it has begun; "
+                            "start a new run for another schedule")
+    raise TrainingError(f"train.lr_decay_start {now[0]} is before the checkpoint's step {step}; a decay added "
+                        f"on resume must start at step {step} or later")
 
 
 # --------------------------------------------------------------------------------------------
@@ -589,6 +618,14 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
         stage["aside"] = prepare_run_dir(run_dir, resume, overwrite)
         if not resume:
             stage["undo"] = "contents" if existed and stage["aside"] is None else "folder"
+    ckpt_dir = run_dir / "checkpoints"
+    if resume:        # checked before prepare_run_data rewrites config.yaml: a refused resume changes nothing
+        path = latest_checkpoint(ckpt_dir)
+        state = load_checkpoint(path)
+        if state.get("model_name") != cfg.model.name:
+            raise CheckpointError(f"{path}: written by model {state.get('model_name')!r}, "
+                                  f"config says {cfg.model.name!r}")
+        check_lr_history(state.get("config", {}).get("train", {}), cfg.train, int(state["step"]))
     torch.manual_seed(cfg.seed)
     if main:
         bundle = prepare_run_data(cfg, run_dir, progress=progress)
@@ -624,13 +661,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     gen = torch.Generator().manual_seed(cfg.seed)
     source = BatchSource(bundle, cfg.train.batch_size, device, gen, ctx)
     step, best = 0, None
-    ckpt_dir = run_dir / "checkpoints"
     if resume:
-        path = latest_checkpoint(ckpt_dir)
-        state = load_checkpoint(path)
-        if state.get("model_name") != cfg.model.name:
-            raise CheckpointError(f"{path}: written by model {state.get('model_name')!r}, "
-                                  f"config says {cfg.model.name!r}")
         G.load_state_dict(state["generator"])
         D.load_state_dict(state["discriminator"])
         if ema is not None:
@@ -730,6 +761,11 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
         stage["aside"] = None
     try:
         while step < end:
+            if cfg.train.lr_decay_start is not None:
+                factor = lr_factor(cfg.train, step)
+                for opt, base in ((opt_g, lr_g), (opt_d, lr_d)):
+                    for group in opt.param_groups:
+                        group["lr"] = base * factor
             real, y = source.next()
             y = y if num_classes else None
             # generator first, as in MONAI's tutorial: its output is then reused (detached) for the

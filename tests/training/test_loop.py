@@ -158,6 +158,55 @@ def test_resume_may_switch_compile_but_not_precision(tmp_path, mednist_small):
         loop.resume_config(run, ["train.precision=fp32"])
 
 
+def test_lr_factor_is_constant_then_linear_down_to_the_final_fraction(mednist_small):
+    cfg = tiny_config(mednist_small, **{"train.steps": 10, "train.lr_decay_start": 6, "train.lr_decay_final": 0.2})
+    got = [loop.lr_factor(cfg.train, s) for s in range(11)]
+    assert got[:7] == [1.0] * 7
+    assert got[7:] == pytest.approx([0.8, 0.6, 0.4, 0.2])
+    assert loop.lr_factor(tiny_config(mednist_small).train, 3) == 1.0      # no decay configured
+
+
+def test_a_decay_added_on_resume_equals_a_run_configured_with_it(tmp_path, mednist_small):
+    over = {"model.name": "resgan", "train.steps": 6, "train.lr_g": 1e-4}
+    decayed = {"train.lr_decay_start": 3}
+    straight = train(tiny_config(mednist_small, **over, **decayed), tmp_path / "a", progress=False)
+    constant = train(tiny_config(mednist_small, **over), tmp_path / "c", progress=False)
+    train(tiny_config(mednist_small, **{**over, "train.steps": 3}), tmp_path / "b", progress=False)
+    cfg = loop.resume_config(tmp_path / "b", ["train.steps=6", "train.lr_decay_start=3"])
+    resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
+    _assert_same(_weights(straight.checkpoint), _weights(resumed.checkpoint))
+    with pytest.raises(AssertionError, match="differs"):             # the decay did change the updates
+        _assert_same(_weights(straight.checkpoint), _weights(constant.checkpoint))
+    state = load_checkpoint(resumed.checkpoint)
+    # the last update (step index 5) ran at 1 - 2/3 of the rates
+    assert state["opt_g"]["param_groups"][0]["lr"] == pytest.approx(1e-4 / 3)
+    assert state["config"]["train"]["lr_decay_start"] == 3
+
+
+def test_a_decay_cannot_be_changed_once_begun_or_added_in_the_past(tmp_path, mednist_small):
+    run = tmp_path / "run"
+    train(tiny_config(mednist_small, **{"model.name": "dcgan", "train.steps": 4, "train.lr_decay_start": 2}), run,
+          progress=False)
+    before = (run / "config.yaml").read_text()
+    for change in (["train.steps=8"], ["train.lr_decay_final=0.5"], ["train.lr_decay_start=3"]):
+        with pytest.raises(TrainingError, match="began at step 2 .* cannot change once it has begun"):
+            train(loop.resume_config(run, change), run, resume=True, progress=False)
+    assert (run / "config.yaml").read_text() == before          # a refused resume leaves the run as it was
+    assert [p.name for p in step_checkpoints(run / "checkpoints")] == ["step_0000004.pt"]
+    plain = tmp_path / "plain"
+    train(tiny_config(mednist_small, **{"model.name": "dcgan", "train.steps": 4}), plain, progress=False)
+    with pytest.raises(TrainingError, match="lr_decay_start 2 is before the checkpoint's step 4"):
+        train(loop.resume_config(plain, ["train.steps=8", "train.lr_decay_start=2"]), plain, resume=True,
+              progress=False)
+
+
+def test_a_decay_must_start_before_the_last_step(mednist_small):
+    from medsynth.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.lr_decay_start: the decay must start before train.steps"):
+        tiny_config(mednist_small, **{"train.steps": 4, "train.lr_decay_start": 4})
+
+
 @pytest.mark.parametrize("device, steps, precision, distributed, expected", [
     ("cuda", 10, "bf16", False, True),     # CUDA: always
     ("cpu", 2000, "fp32", False, True),    # long float32 CPU runs: compiled kernels were up to 2x faster
