@@ -12,10 +12,11 @@ Target (issue #3): FID(resgan) <= FID(dcgan) / 2.
 
 ``--resume`` continues the runs already under ``--out`` from their newest checkpoint to ``--steps``
 (``medsynth train --resume RUN train.steps=N``) instead of training them afresh, so a longer round
-costs only the extra steps. Nothing in training depends on the total number of steps (constant
-learning rates, EMA decay and lazy R1 keyed to the step), so the continued run sees the same images as a
-fresh one. It may not be bit-identical: whether ``train.compile`` is on by default depends on the
-number of steps (float32 CPU runs of 2,000+), and compiled kernels round differently.
+costs only the extra steps. With the shipped configs nothing in training depends on the total number
+of steps (constant learning rates: they set no ``train.lr_decay_start``; EMA decay and lazy R1 keyed to
+the step), so the continued run sees the same images as a fresh one. It may not be bit-identical:
+whether ``train.compile`` is on by default depends on the number of steps (float32 CPU runs of 2,000+),
+and compiled kernels round differently.
 ``train_seconds`` then counts only the continuation.
 """
 
