@@ -134,6 +134,10 @@ class ModelConfig:
     d_recon: float = _opt(0.0, "resgan (resnet discriminator): weight of a self-supervised loss that makes the "
                                "discriminator reconstruct real images from its 8x8 features (FastGAN, Liu et al. "
                                "2021); 0: off", min=0.0)
+    lecam_weight: float = _opt(0.0, "resgan: weight of the LeCam regulariser on the discriminator (Tseng et al. "
+                                    "2021, for small datasets): penalises real scores above, and generated scores "
+                                    "below, the moving average of the other kind's scores; the paper's BigGAN runs "
+                                    "use 0.3; 0: off", min=0.0)
     augment: list[str] | None = _opt(None, "resgan: differentiable augmentations applied to every image the "
                                            "discriminator sees, from translation, cutout, intensity (default: all "
                                            "three; [] for none)")

@@ -37,6 +37,7 @@ class GanModel:
     ada_images: int = 100_000      # images over which the adaptive p can move from 0 to 1
     r1_gamma: float = 0.0
     d_recon: float = 0.0           # weight of D's self-supervised reconstruction loss on real images
+    lecam: float = 0.0             # weight of the LeCam regulariser on D's scores (Tseng et al. 2021)
     d_steps: int = 1               # discriminator updates per generator update (on the same batch)
     d_per_sample: bool = True      # D treats samples independently (no batch norm): real and fake
                                    # may go through it as one concatenated batch

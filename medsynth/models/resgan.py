@@ -336,4 +336,5 @@ def build(cfg, image_shape, num_classes) -> GanModel:
                     augment_p=float(getattr(cfg, "augment_p", 1.0)), ada_target=ada,
                     ada_images=int(getattr(cfg, "ada_images", 100_000)),
                     r1_gamma=float(getattr(cfg, "r1_gamma", 1.0)) if r1 else 0.0,
-                    d_recon=d_recon, ignored={k: unused[k] for k in changed_settings(cfg, unused)})
+                    d_recon=d_recon, lecam=float(getattr(cfg, "lecam_weight", 0.0)),
+                    ignored={k: unused[k] for k in changed_settings(cfg, unused)})

@@ -235,6 +235,44 @@ def d_loss(kind: str, real_logits, fake_logits):
     raise ValueError(f"unknown loss {kind!r}")
 
 
+class LeCam:
+    """The LeCam regulariser (Tseng et al. 2021, "Regularizing generative adversarial networks under limited
+    data"): ``mean(relu(D(real) - a_fake)^2) + mean(relu(a_real - D(fake))^2)``, where ``a_real`` and
+    ``a_fake`` are moving averages (decay 0.99, as the paper's code) of the discriminator's mean score for
+    training and generated images. It keeps D from pushing the two kinds of scores apart without bound,
+    which on small datasets is how it memorises the training images.
+
+    The averages are updated once per training step from the last discriminator update's mean scores,
+    averaged over ranks, so every rank holds the same values; they start at the first step's means, and
+    the penalty starts at the second step. ``state()`` goes into checkpoints so a resume is exact."""
+
+    DECAY = 0.99
+
+    def __init__(self, weight: float):
+        self.weight = float(weight)
+        self.real: float | None = None
+        self.fake: float | None = None
+
+    def penalty(self, real_logits, fake_logits):
+        if self.real is None:
+            return None
+        return (F.relu(real_logits - self.fake).pow(2).mean()
+                + F.relu(self.real - fake_logits).pow(2).mean()) * self.weight
+
+    def update(self, real_mean: float, fake_mean: float) -> None:
+        if self.real is None:
+            self.real, self.fake = real_mean, fake_mean
+        else:
+            self.real = self.DECAY * self.real + (1 - self.DECAY) * real_mean
+            self.fake = self.DECAY * self.fake + (1 - self.DECAY) * fake_mean
+
+    def state(self) -> dict:
+        return {"real": self.real, "fake": self.fake}
+
+    def load_state(self, s: dict) -> None:
+        self.real, self.fake = s["real"], s["fake"]
+
+
 def g_loss(kind: str, fake_logits):
     if kind == "hinge":
         return -fake_logits.mean()
@@ -379,7 +417,8 @@ def _tensorboard(run_dir: Path):
 
 
 def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source, bundle, best,
-                      world_size: int = 1, ada: AdaptiveP | None = None, runtime: dict | None = None) -> dict:
+                      world_size: int = 1, ada: AdaptiveP | None = None, runtime: dict | None = None,
+                      lecam: LeCam | None = None) -> dict:
     """Everything a resume or a sampler needs. ``runtime``: what the writing session resolved
     train.device/precision/compile to (``{"device": "cpu", "precision": "bf16", "compiled": False}``), which
     config.yaml's ``auto`` values do not say."""
@@ -402,6 +441,7 @@ def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "batches": source.state(), "best": best, "world_size": world_size,
         "ada": ada.state() if ada is not None else None, "runtime": runtime,
+        "lecam": lecam.state() if lecam is not None else None,
     }
 
 
@@ -717,6 +757,9 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     if ada is not None and resume and state.get("ada") is not None:
         ada.load_state(state["ada"])
     aug_p = ada.p if ada is not None else model.augment_p
+    lecam = LeCam(model.lecam) if model.lecam > 0 else None
+    if lecam is not None and resume and state.get("lecam") is not None:
+        lecam.load_state(state["lecam"])
     d_steps = cfg.train.d_steps if cfg.train.d_steps is not None else model.d_steps
     total = cfg.train.steps
     end = total if stop_after is None else min(total, step + stop_after)
@@ -749,7 +792,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
             raise TrainingError(f"step {at_step}: the ranks' weights differ; not writing a checkpoint")
         if main:
             save_checkpoint(path, _checkpoint_state(cfg, model, ema, opt_g, opt_d, at_step, gen, source, bundle, best,
-                                                    ctx.world_size, ada, runtime))
+                                                    ctx.world_size, ada, runtime, lecam))
             prune(ckpt_dir, cfg.train.keep_last)
         last_saved = path
         return path
@@ -798,6 +841,9 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
                     else:
                         real_logits, fake_logits = _d_pair(net, r_in, f_in, y, model.d_per_sample)
                         loss_d = d_loss(model.loss, real_logits, fake_logits)
+                    reg = lecam.penalty(real_logits, fake_logits) if lecam is not None else None
+                    if reg is not None:
+                        loss_d = loss_d + reg
                 if r1:
                     grad, = torch.autograd.grad(real_logits.sum(), r_in, create_graph=True)
                     penalty = grad.float().pow(2).flatten(1).sum(1).mean()
@@ -814,8 +860,12 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
                 # weights after 1,000 steps; (1 + t) / (10 + t) lets it follow early training
                 update_ema(ema, G, min(model.extra.get("ema_decay", 0.999), (1 + step) / (10 + step)))
             step += 1
-            (ld, lg), stopping = distributed.mean_and_any(ctx, [loss_d.detach().item(), loss_g.detach().item()],
-                                                          stop.requested, device)
+            scalars = [loss_d.detach().item(), loss_g.detach().item()]
+            if lecam is not None:
+                scalars += [real_logits.detach().mean().item(), fake_logits.detach().mean().item()]
+            (ld, lg, *means), stopping = distributed.mean_and_any(ctx, scalars, stop.requested, device)
+            if lecam is not None:
+                lecam.update(*means)
             if ada is not None and ada.due(step):
                 (rt,), _ = distributed.mean_and_any(ctx, [ada.local_rt()], False, device)
                 aug_p = ada.adjust(rt)
@@ -859,7 +909,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
                 if is_best:
                     save_checkpoint(ckpt_dir / "best.pt", _checkpoint_state(cfg, model, ema, opt_g, opt_d, step, gen,
                                                                             source, bundle, best, ctx.world_size, ada,
-                                                                            runtime))
+                                                                            runtime, lecam))
             if step % cfg.train.checkpoint_every == 0 or step == end or stopping:
                 save(step)
             if stopping:

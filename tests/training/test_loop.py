@@ -117,8 +117,25 @@ def test_checkpoints_hold_the_ema_generators_standing_stats(tmp_path, mednist_sm
     assert not torch.equal(state["ema"][key], state["generator"][key])   # not the training generator's
 
 
-def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, mednist_small, monkeypatch):
-    over = {"model.name": "resgan", "model.conditional": True, "train.steps": 6}
+def test_lecam_penalty_follows_its_definition():
+    lc = loop.LeCam(0.5)
+    real, fake = torch.tensor([0.5, -2.0]), torch.tensor([1.5, 0.0])
+    assert lc.penalty(real, fake) is None                 # no averages before the first step
+    lc.update(1.0, -1.0)
+    assert (lc.real, lc.fake) == (1.0, -1.0)              # they start at the first step's means
+    # relu(real - a_fake)^2 = [1.5^2, 0], mean 1.125; relu(a_real - fake)^2 = [0, 1], mean 0.5
+    assert lc.penalty(real, fake).item() == pytest.approx(0.5 * (1.125 + 0.5))
+    lc.update(3.0, 1.0)
+    assert (lc.real, lc.fake) == (pytest.approx(0.99 * 1.0 + 0.01 * 3.0), pytest.approx(0.99 * -1.0 + 0.01 * 1.0))
+    copy = loop.LeCam(0.5)
+    copy.load_state(lc.state())
+    assert copy.penalty(real, fake).item() == lc.penalty(real, fake).item()
+
+
+@pytest.mark.parametrize("extra", [{}, {"model.d_regularization": "r1", "model.d_norm": "instance",
+                                        "model.lecam_weight": 0.3}], ids=["plain", "lecam"])
+def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, mednist_small, monkeypatch, extra):
+    over = {"model.name": "resgan", "model.conditional": True, "train.steps": 6, **extra}
     straight = train(tiny_config(mednist_small, **over), tmp_path / "a", progress=False)
 
     calls = {"n": 0}
@@ -139,6 +156,13 @@ def test_ctrl_c_then_resume_equals_an_uninterrupted_run(tmp_path, mednist_small,
     resumed = train(cfg, tmp_path / "b", resume=True, progress=False)
     assert resumed.step == 6
     _assert_same(_weights(straight.checkpoint), _weights(resumed.checkpoint))
+    if "model.lecam_weight" in extra:       # the regulariser's averages travel in the checkpoint and act
+        assert load_checkpoint(first.checkpoint)["lecam"]["real"] is not None
+        without = train(tiny_config(mednist_small, **{**over, "model.lecam_weight": 0.0}), tmp_path / "c",
+                        progress=False)
+        assert load_checkpoint(without.checkpoint)["lecam"] is None
+        d, d0 = _weights(straight.checkpoint)["discriminator"], _weights(without.checkpoint)["discriminator"]
+        assert any(not torch.equal(d[k], d0[k]) for k in d if d[k].dtype.is_floating_point)
 
 
 def test_resume_may_extend_steps_but_not_change_the_model(tmp_path, mednist_small):
