@@ -124,6 +124,11 @@ class ModelConfig:
                            "before the last discriminator block (Karras et al. 2018): lets D see when the "
                            "generator's samples look alike; real and generated images then go through D in "
                            "separate passes; 0: off", min=0)
+    d_class_init: str = _choice("normal", "normal", "zero",
+                                help="resgan (conditional, resnet discriminator, d_regularization r1): initial class "
+                                     "embedding of the projection head: normal (N(0, 1), PyTorch's default) or zero "
+                                     "(the discriminator starts unconditional and learns the class term; kept R1 "
+                                     "with instance norm stable where normal ran away); spectral norm needs normal")
     discriminator: str = _choice("resnet", "resnet", "patch",
                                  help="resgan: resnet (residual, projection-conditioned, global score) or patch "
                                       "(MONAI PatchDiscriminator: a score per patch, unconditional; light for 3D)")

@@ -190,8 +190,11 @@ def _run(block, checkpointing: bool, *args):
 
 class ResDiscriminator(nn.Module):
     def __init__(self, image_shape, num_classes: int = 0, width: int = 32, cap: int = 256, sn: bool = True,
-                 recon: bool = False, norm_kind: str = "none", mbstd: int = 0):
+                 recon: bool = False, norm_kind: str = "none", mbstd: int = 0, class_init: str = "normal"):
         super().__init__()
+        if class_init == "zero" and sn:
+            raise ValueError("model.d_class_init=zero needs model.d_regularization=r1 (a zero matrix has no spectral "
+                             "norm)")
         channels, *spatial = image_shape
         dims = len(spatial)
         steps = int(math.log2(spatial[0] // 4))
@@ -206,7 +209,15 @@ class ResDiscriminator(nn.Module):
                              norm_kind=norm_kind)]
         self.blocks = nn.Sequential(*blocks)
         self.linear = norm(nn.Linear(widths[steps], 1))
-        self.embed = norm(nn.Embedding(num_classes, widths[steps])) if num_classes else None
+        self.embed = nn.Embedding(num_classes, widths[steps]) if num_classes else None
+        if self.embed is not None and class_init == "zero":
+            # the default N(0, 1) embedding makes the projection term about sqrt(3 C) times the size of the
+            # unconditional head's at the start (28 times at C = 256 features); without spectral normalisation,
+            # with R1 and instance norm, the losses then ran away (docs/benchmarks.md, twenty-first round).
+            # From zero the discriminator starts unconditional and learns the class term.
+            nn.init.zeros_(self.embed.weight)
+        if self.embed is not None:
+            self.embed = norm(self.embed)
         self.checkpointing = False
         # self-supervised reconstruction (FastGAN, Liu et al. 2021): a small decoder from the features
         # at 8^d back to a 32^d image, trained on real images only
@@ -304,7 +315,8 @@ def build(cfg, image_shape, num_classes) -> GanModel:
         d = PatchGanDiscriminator(image_shape, width=d_width, sn=not r1)
     else:
         d = ResDiscriminator(image_shape, num_classes, width=d_width, cap=max(256, 8 * d_width), sn=not r1,
-                             recon=d_recon > 0, norm_kind=d_norm, mbstd=d_mbstd)
+                             recon=d_recon > 0, norm_kind=d_norm, mbstd=d_mbstd,
+                             class_init=getattr(cfg, "d_class_init", "normal") if num_classes else "normal")
     d.checkpointing = ckpt and r1
     # two time-scale learning rates (Heusel et al. 2017) as BigGAN (Brock et al. 2019): with equal ones,
     # the batch-normalised generator moved faster than the discriminator could follow (its real/fake
@@ -315,6 +327,8 @@ def build(cfg, image_shape, num_classes) -> GanModel:
     augment = KINDS if augment is None else tuple(augment)     # default: all of them
     ada = getattr(cfg, "ada_target", None)
     unused = {"r1_gamma": "used only with model.d_regularization: r1"} if not r1 else {}
+    if not num_classes or getattr(cfg, "discriminator", "resnet") == "patch":
+        unused["d_class_init"] = "used only by conditional models"
     if not augment:
         unused.update(dict.fromkeys(("augment_p", "ada_target", "ada_images"), "model.augment is empty"))
     elif ada is not None:

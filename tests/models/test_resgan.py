@@ -195,3 +195,35 @@ def test_a_zero_translation_is_refused_while_translation_is_on():
     off = resolve_config(None, {"data.path": "unused", "model.augment_translation": 0.0,
                                 "model.augment": ["cutout", "intensity"]})
     assert "translation" not in build_model(off.model, (1, 32, 32)).augment
+
+
+
+def test_d_class_init_zero_starts_the_projection_discriminator_unconditional_and_it_learns_the_class_term():
+    import torch
+
+    over = {"data.path": "unused", "model.width": 8, "model.conditional": True, "model.d_regularization": "r1"}
+    default = build_model(resolve_config(None, over).model, (1, 32, 32), num_classes=3).discriminator
+    assert torch.count_nonzero(default.embed.weight) == default.embed.weight.numel()     # N(0, 1), as before
+    over["model.d_class_init"] = "zero"
+    model = build_model(resolve_config(None, over).model, (1, 32, 32), num_classes=3)
+    d = model.discriminator
+    assert torch.count_nonzero(d.embed.weight) == 0 and not model.ignored
+    x = torch.randn(4, 1, 32, 32)
+    assert torch.equal(d(x, torch.zeros(4, dtype=torch.long)), d(x, torch.full((4,), 2)))   # same score per class
+    opt = torch.optim.SGD(d.parameters(), lr=0.1)
+    (d(x, torch.zeros(4, dtype=torch.long)).mean() - d(x, torch.full((4,), 2)).mean()).backward()
+    opt.step()
+    assert torch.count_nonzero(d.embed.weight[0]) > 0 and torch.count_nonzero(d.embed.weight[1]) == 0
+    with torch.no_grad():
+        assert not torch.allclose(d(x, torch.zeros(4, dtype=torch.long)), d(x, torch.full((4,), 2)))
+
+
+def test_d_class_init_zero_is_refused_with_spectral_norm_and_named_unused_without_classes():
+    over = {"data.path": "unused", "model.width": 8, "model.conditional": True, "model.d_class_init": "zero"}
+    with pytest.raises(ValueError, match="d_class_init=zero needs model.d_regularization=r1"):
+        build_model(resolve_config(None, over).model, (1, 32, 32), num_classes=3)
+    over.update({"model.conditional": False, "model.d_regularization": "r1"})
+    model = build_model(resolve_config(None, over).model, (1, 32, 32))
+    assert model.ignored == {"d_class_init": "used only by conditional models"}
+    with pytest.raises(ConfigError, match="model.d_class_init"):
+        resolve_config(None, {"data.path": "unused", "model.d_class_init": "ones"})
