@@ -209,15 +209,16 @@ class ResDiscriminator(nn.Module):
                              norm_kind=norm_kind)]
         self.blocks = nn.Sequential(*blocks)
         self.linear = norm(nn.Linear(widths[steps], 1))
-        self.embed = nn.Embedding(num_classes, widths[steps]) if num_classes else None
-        if self.embed is not None and class_init == "zero":
-            # the default N(0, 1) embedding makes the projection term about sqrt(3 C) times the size of the
-            # unconditional head's at the start (28 times at C = 256 features); without spectral normalisation,
-            # with R1 and instance norm, the losses then ran away (docs/benchmarks.md, twenty-first round).
-            # From zero the discriminator starts unconditional and learns the class term.
-            nn.init.zeros_(self.embed.weight)
-        if self.embed is not None:
-            self.embed = norm(self.embed)
+        self.embed = None
+        if num_classes:
+            embed = nn.Embedding(num_classes, widths[steps])
+            if class_init == "zero":
+                # the default N(0, 1) embedding makes the projection term about sqrt(3 C) times the size of the
+                # unconditional head's at the start (28 times at C = 256 features); without spectral
+                # normalisation, with R1 and instance norm, the losses then ran away (docs/benchmarks.md,
+                # twenty-first round). From zero the discriminator starts unconditional and learns the class term.
+                nn.init.zeros_(embed.weight)
+            self.embed = norm(embed)
         self.checkpointing = False
         # self-supervised reconstruction (FastGAN, Liu et al. 2021): a small decoder from the features
         # at 8^d back to a 32^d image, trained on real images only

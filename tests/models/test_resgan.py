@@ -197,7 +197,6 @@ def test_a_zero_translation_is_refused_while_translation_is_on():
     assert "translation" not in build_model(off.model, (1, 32, 32)).augment
 
 
-
 def test_d_class_init_zero_starts_the_projection_discriminator_unconditional_and_it_learns_the_class_term():
     import torch
 
