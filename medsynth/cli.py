@@ -102,6 +102,9 @@ def _cmd_train(args) -> int:
             raise UserError("--resume needs the run directory: medsynth train --resume RUN")
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"{run_dir}: not a run directory (no config.yaml); nothing to resume")
+        if args.init_from:
+            raise UserError("--init-from starts a new run from another run's weights; --resume continues this "
+                            "run from its own checkpoint: use one or the other")
         if args.config:
             print("note: --resume uses the run's own config.yaml; --config is ignored", file=sys.stderr)
         cfg = resume_config(run_dir, args.overrides)
@@ -109,6 +112,8 @@ def _cmd_train(args) -> int:
         if not args.config:
             raise UserError("train needs --config FILE (or --resume RUN)")
         cfg = resolve_config(args.config, args.overrides)
+        if args.init_from:
+            cfg.train.init_from = args.init_from
         run_dir = Path(args.run_dir or Path("runs") / cfg.name)
     result = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite)
     if os.environ.get("RANK", "0") != "0":      # torchrun: the other ranks stay quiet
@@ -452,7 +457,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a GAN on the dataset named in the config. Creates the run directory with the "
                     "resolved config.yaml, split.json, checkpoints/ (atomic, last K kept), samples/ (image "
                     "grids), train_log.jsonl and tensorboard/. Ctrl-C saves a checkpoint and exits; "
-                    "'medsynth train --resume RUN' continues exactly where it stopped.",
+                    "'medsynth train --resume RUN' continues exactly where it stopped; "
+                    "'--init-from OTHER_RUN' starts a new run from another run's weights (fine-tuning).",
         formatter_class=_Formatter)
     _add_config(tr, required=False)
     tr.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/<name>)")
@@ -460,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="continue RUN (or --run-dir) from its newest checkpoint; only train.steps, "
                          "train.device, train.compile, the logging intervals and a learning-rate decay that "
                          "has not begun (train.lr_decay_start/final) may be overridden")
+    tr.add_argument("--init-from", metavar="RUN_OR_CHECKPOINT",
+                    help="fine-tune: start the networks from another run's newest checkpoint (or a checkpoint "
+                         "file) of the same model, e.g. one trained on a larger dataset (sets train.init_from)")
     tr.add_argument("--overwrite", action="store_true",
                     help="replace an existing run directory (deleted only once the new run starts its first "
                          "step; a refused start puts it back, and so does the next train after a killed one)")

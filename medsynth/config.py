@@ -193,6 +193,11 @@ class TrainConfig:
     fid_every: int = _opt(0, "steps between FID evaluations during training (0: off); each one also keeps "
                              "checkpoints/best.pt, the checkpoint with the lowest FID so far", min=0)
     fid_samples: int = _opt(1000, "synthetic images per training-time FID (against the training split)", min=2)
+    init_from: str | None = _opt(None, "fine-tune: start the generator, its EMA copy and the discriminator from "
+                                       "this run's newest checkpoint (or this checkpoint file) instead of at random, "
+                                       "e.g. a model trained on a larger dataset; optimiser, step and augmentation "
+                                       "state start fresh. The source must be the same model with the same "
+                                       "network shapes and image size (and, if conditional, the same labels)")
 
 
 @dataclass

@@ -172,6 +172,27 @@ def test_train_then_resume_from_the_command_line(tmp_path):
     assert code == 2 and "not a run directory" in err and "Traceback" not in err
 
 
+def test_fine_tune_from_another_run_on_the_command_line(tmp_path):
+    from medsynth.training.checkpoint import file_sha256, latest_checkpoint, load_checkpoint
+
+    small = ["model.width=8", "model.latent_dim=16", "train.steps=2"]
+    src = tmp_path / "src"
+    code, out, err = run("train", "--config", "configs/tiny-cpu.yaml", "--run-dir", src, *small)
+    assert code == 0, err
+    code, out, err = run("train", "--config", "configs/tiny-cpu.yaml", "--run-dir", tmp_path / "tuned",
+                         "--init-from", src, *small)
+    assert code == 0, err
+    state = load_checkpoint(latest_checkpoint(tmp_path / "tuned" / "checkpoints"))
+    assert state["init_from"]["sha256"] == file_sha256(latest_checkpoint(src / "checkpoints"))
+    assert state["config"]["train"]["init_from"] == str(src)
+    code, out, err = run("train", "--config", "configs/tiny-cpu.yaml", "--run-dir", tmp_path / "wide",
+                         "--init-from", src, *small, "model.width=16")
+    assert code == 2 and "its generator does not fit the configured one" in err and "Traceback" not in err
+    assert not (tmp_path / "wide").exists()
+    code, out, err = run("train", "--resume", tmp_path / "tuned", "--init-from", src)
+    assert code == 2 and "--init-from starts a new run" in err
+
+
 def test_out_of_gpu_memory_anywhere_in_train_is_a_message_not_a_traceback(tmp_path, monkeypatch, capsys):
     # placing the networks on the GPU can run out of memory before the loop starts; the loop's own OOM path
     # is exercised on a real GPU by tests/training/test_cuda.py

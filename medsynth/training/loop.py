@@ -31,7 +31,14 @@ from medsynth.models import GanModel, build_model
 from medsynth.runs import append_jsonl, atomic_write_bytes, atomic_write_text, prepare_run_data, put_back
 from medsynth.training import distributed
 from medsynth.training.augment import AdaptiveP, augment
-from medsynth.training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, prune, save_checkpoint
+from medsynth.training.checkpoint import (
+    CheckpointError,
+    file_sha256,
+    latest_checkpoint,
+    load_checkpoint,
+    prune,
+    save_checkpoint,
+)
 from medsynth.training.distributed import SINGLE, Context
 
 
@@ -418,7 +425,7 @@ def _tensorboard(run_dir: Path):
 
 def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source, bundle, best,
                       world_size: int = 1, ada: AdaptiveP | None = None, runtime: dict | None = None,
-                      lecam: LeCam | None = None) -> dict:
+                      lecam: LeCam | None = None, init_from: dict | None = None) -> dict:
     """Everything a resume or a sampler needs. ``runtime``: what the writing session resolved
     train.device/precision/compile to (``{"device": "cpu", "precision": "bf16", "compiled": False}``), which
     config.yaml's ``auto`` values do not say."""
@@ -441,8 +448,58 @@ def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
         "batches": source.state(), "best": best, "world_size": world_size,
         "ada": ada.state() if ada is not None else None, "runtime": runtime,
-        "lecam": lecam.state() if lecam is not None else None,
+        "lecam": lecam.state() if lecam is not None else None, "init_from": init_from,
     }
+
+
+def _init_source(cfg: Config) -> tuple[dict, dict]:
+    """The checkpoint named by ``train.init_from`` and what the new run records of it (its hash, step,
+    data fingerprint and labels: provenance, not paths or names from the data)."""
+    from medsynth.sampling import resolve_checkpoint
+
+    path = resolve_checkpoint(cfg.train.init_from)
+    state = load_checkpoint(path)
+    where = f"train.init_from {path}"
+    if state.get("generator") is None or state.get("discriminator") is None:
+        raise CheckpointError(f"{where}: holds no discriminator (a generator-only snapshot, such as a shipped "
+                              "model?); fine-tuning needs a training checkpoint, RUN/checkpoints/step_*.pt")
+    if state.get("model_name") != cfg.model.name:
+        raise CheckpointError(f"{where}: written by model {state.get('model_name')!r}, the config trains "
+                              f"{cfg.model.name!r}")
+    shape = [1, *cfg.data.image_size]
+    if list(state.get("image_shape") or []) != shape:
+        raise CheckpointError(f"{where}: its images are {state.get('image_shape')} (channels first), the config "
+                              f"asks for {shape}; fine-tune at the source's data.image_size")
+    info = {"sha256": file_sha256(path), "step": int(state.get("step", 0)),
+            "data_fingerprint": state.get("data_fingerprint"), "labels": list(state.get("labels") or []),
+            "conditional": bool(state.get("conditional"))}
+    return state, info
+
+
+def _init_networks(source: dict, info: dict, G, D, num_classes: int, labels, where: str) -> None:
+    """Copy the source's generator and discriminator weights into G and D, refusing any difference in
+    the networks' shapes (load_state_dict would name it in PyTorch's words, or not at all for a
+    conditional model whose same number of classes means other labels)."""
+    if info["conditional"] != bool(num_classes):
+        raise CheckpointError(f"{where}: the source is {'' if info['conditional'] else 'un'}conditional and this "
+                              f"config is {'' if num_classes else 'un'}conditional; set model.conditional: "
+                              f"{str(info['conditional']).lower()}")
+    if num_classes and info["labels"] != list(labels):
+        raise CheckpointError(f"{where}: the source's labels {info['labels']} differ from this dataset's "
+                              f"{list(labels)}; a conditional model is fine-tuned on the same labels")
+    for what, module, weights in (("generator", G, source["generator"]), ("discriminator", D, source["discriminator"])):
+        own = module.state_dict()
+        problems = [f"{k} is missing" for k in own if k not in weights]
+        problems += [f"{k} is extra" for k in weights if k not in own]
+        problems += [f"{k} is {list(weights[k].shape)}, here {list(v.shape)}" for k, v in own.items()
+                     if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
+        if problems:
+            more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+            raise CheckpointError(f"{where}: its {what} does not fit the configured one ({'; '.join(problems[:3])}"
+                                  f"{more}); the model settings that shape the networks (model.width, d_width, "
+                                  "latent_dim, d_regularization, d_norm, g_norm, d_mbstd, discriminator, "
+                                  "d_recon) must be the source run's")
+        module.load_state_dict(weights)
 
 
 def _median_spacing(bundle) -> list[float] | None:
@@ -666,6 +723,11 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
             raise CheckpointError(f"{path}: written by model {state.get('model_name')!r}, "
                                   f"config says {cfg.model.name!r}")
         check_lr_history(state.get("config", {}).get("train", {}), cfg.train, int(state["step"]))
+        init_state, init_info = None, state.get("init_from")     # the weights come from the run itself
+    elif cfg.train.init_from:
+        init_state, init_info = _init_source(cfg)
+    else:
+        init_state, init_info = None, None
     torch.manual_seed(cfg.seed)
     if main:
         bundle = prepare_run_data(cfg, run_dir, progress=progress)
@@ -686,6 +748,9 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     except ValueError as e:
         raise TrainingError(f"model.{cfg.model.name}: {e}") from None
     G, D = model.generator.to(device), model.discriminator.to(device)
+    if init_state is not None:
+        where = f"train.init_from {cfg.train.init_from}"
+        _init_networks(init_state, init_info, G, D, num_classes, bundle.labels, where)
     if main and model.ignored:
         by_reason: dict[str, list[str]] = {}
         for key, reason in model.ignored.items():
@@ -698,6 +763,9 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     opt_g = torch.optim.Adam(G.parameters(), lr=lr_g, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=lr_d, betas=betas)
     ema = copy.deepcopy(G).eval().requires_grad_(False) if model.ema else None
+    if ema is not None and init_state is not None and init_state.get("ema") is not None:
+        ema.load_state_dict(init_state["ema"])
+    init_state = None
     gen = torch.Generator().manual_seed(cfg.seed)
     source = BatchSource(bundle, cfg.train.batch_size, device, gen, ctx)
     step, best = 0, None
@@ -792,7 +860,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
             raise TrainingError(f"step {at_step}: the ranks' weights differ; not writing a checkpoint")
         if main:
             save_checkpoint(path, _checkpoint_state(cfg, model, ema, opt_g, opt_d, at_step, gen, source, bundle, best,
-                                                    ctx.world_size, ada, runtime, lecam))
+                                                    ctx.world_size, ada, runtime, lecam, init_info))
             prune(ckpt_dir, cfg.train.keep_last)
         last_saved = path
         return path

@@ -541,3 +541,95 @@ def test_a_refused_start_never_removes_a_folder_that_was_there(tmp_path, mednist
     assert empty.is_dir() and not any(empty.iterdir())
     train(tiny_config(mednist_small, **{"train.steps": 1}), empty, progress=False)
     assert (empty / "checkpoints").is_dir()
+
+
+def _params(state, net):
+    """The trained weights, without the buffers a forward pass updates (batch-norm statistics, the
+    spectral norm's power-iteration vectors)."""
+    return {k: v for k, v in state[net].items() if v.dtype.is_floating_point and "running" not in k
+            and not k.endswith(("._u", "._v"))}
+
+
+def test_init_from_starts_both_networks_from_the_source_and_everything_else_afresh(tmp_path, mednist_small):
+    from medsynth.training.checkpoint import file_sha256
+
+    src = train(tiny_config(mednist_small, **{"data.labels": ["MRBrain"]}), tmp_path / "src", progress=False)
+    source = load_checkpoint(src.checkpoint)
+    # learning rates of 0 keep the starting weights, so the first checkpoint shows where training started
+    still = {"data.labels": ["CXR"], "train.lr_g": 0.0, "train.lr_d": 0.0, "train.steps": 1}
+    tuned = train(tiny_config(mednist_small, **still, **{"train.init_from": str(tmp_path / "src")}),
+                  tmp_path / "tuned", progress=False)
+    fresh = train(tiny_config(mednist_small, **still), tmp_path / "fresh", progress=False)
+    t, f = load_checkpoint(tuned.checkpoint), load_checkpoint(fresh.checkpoint)
+    for net in ("generator", "discriminator"):
+        want, got, other = _params(source, net), _params(t, net), _params(f, net)
+        assert all(torch.equal(got[k], want[k]) for k in want), f"{net} did not start from the source"
+        assert any(not torch.equal(other[k], want[k]) for k in want)       # a fresh run does not
+    # the EMA generator starts from the source's EMA: one step of its warm-up (decay 0.1) towards the
+    # unchanged generator
+    ema, g, src_ema = _params(t, "ema"), _params(source, "generator"), _params(source, "ema")
+    assert all(torch.allclose(ema[k], 0.1 * src_ema[k] + 0.9 * g[k], atol=1e-6) for k in ema)
+    assert t["step"] == 1 and t["opt_g"]["state"][0]["step"] == 1        # a new run, a new optimiser
+    assert t["init_from"] == {"sha256": file_sha256(src.checkpoint), "step": 4,
+                              "data_fingerprint": source["data_fingerprint"], "labels": ["MRBrain"],
+                              "conditional": False}
+    assert t["data_fingerprint"] != source["data_fingerprint"] and f["init_from"] is None
+
+
+def test_a_fine_tuned_run_resumes_exactly_without_starting_over(tmp_path, mednist_small):
+    src = train(tiny_config(mednist_small, **{"data.labels": ["MRBrain"]}), tmp_path / "src", progress=False)
+    over = {"data.labels": ["CXR"], "train.steps": 4, "train.init_from": str(src.checkpoint)}
+    straight = train(tiny_config(mednist_small, **over), tmp_path / "a", progress=False)
+    first = train(tiny_config(mednist_small, **over), tmp_path / "b", progress=False, stop_after=2)
+    assert first.step == 2
+    resumed = train(loop.resume_config(tmp_path / "b", []), tmp_path / "b", resume=True, progress=False)
+    _assert_same(_weights(straight.checkpoint), _weights(resumed.checkpoint))
+    assert load_checkpoint(resumed.checkpoint)["init_from"] == load_checkpoint(straight.checkpoint)["init_from"]
+    with pytest.raises(TrainingError, match="cannot change train.init_from when resuming"):
+        loop.resume_config(tmp_path / "b", [f"train.init_from={tmp_path / 'src'}"])
+
+
+def test_init_from_refuses_a_source_that_does_not_fit(tmp_path, mednist_small):
+    from pathlib import Path
+
+    import medsynth.zoo
+    from medsynth.training.checkpoint import save_checkpoint
+
+    src = tmp_path / "src"
+    train(tiny_config(mednist_small, **{"data.labels": ["MRBrain"]}), src, progress=False)
+    cond = tmp_path / "cond"
+    train(tiny_config(mednist_small, **{"model.conditional": True, "train.steps": 1}), cond, progress=False)
+    state = load_checkpoint(step_checkpoints(src / "checkpoints")[-1])
+    slim = tmp_path / "slim.pt"
+    save_checkpoint(slim, {k: v for k, v in state.items() if k not in ("discriminator", "opt_d")})
+    cases = [({"model.name": "dcgan"}, src, "written by model 'resgan', the config trains 'dcgan'"),
+             ({"data.image_size": [64, 64]}, src, r"its images are \[1, 32, 32\].*asks for \[1, 64, 64\]"),
+             ({"model.width": 16}, src, r"its generator does not fit the configured one \(.* is \[.*\], here \[.*\]"),
+             ({"model.d_norm": "instance", "model.d_regularization": "r1"}, src,
+              "its discriminator does not fit the configured one .*is missing"),
+             ({"model.conditional": True}, src, "the source is unconditional and this config is conditional"),
+             ({}, cond, "the source is conditional and this config is unconditional"),
+             ({}, slim, "holds no discriminator .*fine-tuning needs a training checkpoint"),
+             ({}, Path(medsynth.zoo.__file__).parent / "mednist64-conditional.pt", "holds no discriminator"),
+             ({}, tmp_path / "nowhere", "no such run directory or checkpoint")]
+    for i, (over, source, message) in enumerate(cases):
+        run = tmp_path / f"r{i}"
+        with pytest.raises(CheckpointError, match=message):
+            train(tiny_config(mednist_small, **{**over, "train.init_from": str(source)}), run, progress=False)
+        assert not run.exists()                  # a refused start leaves nothing behind
+
+
+def test_init_from_refuses_a_conditional_source_with_other_labels(tmp_path, mednist_small, shared_data):
+    import shutil
+
+    other = tmp_path / "other"                   # two classes again, but not the same two
+    for lab in ("CXR", "CTHead"):
+        (other / lab).mkdir(parents=True)
+        for f in sorted((shared_data / "mednist64" / lab).iterdir())[:16]:
+            shutil.copy(f, other / lab / f.name)
+    over = {"model.conditional": True, "train.steps": 1}
+    train(tiny_config(mednist_small, **over), tmp_path / "src", progress=False)
+    with pytest.raises(CheckpointError, match=r"labels \['CXR', 'MRBrain'\] differ from this dataset's "
+                                              r"\['CTHead', 'CXR'\]"):
+        train(tiny_config(other, **over, **{"train.init_from": str(tmp_path / "src")}), tmp_path / "run",
+              progress=False)
