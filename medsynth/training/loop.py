@@ -452,6 +452,13 @@ def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source
     }
 
 
+def _check_model_name(state: dict, cfg: Config, where: str) -> None:
+    """A checkpoint to resume or fine-tune from must come from the model the config trains."""
+    if state.get("model_name") != cfg.model.name:
+        raise CheckpointError(f"{where}: written by model {state.get('model_name')!r}, config says "
+                              f"{cfg.model.name!r}")
+
+
 def _init_source(cfg: Config) -> tuple[dict, dict]:
     """The checkpoint named by ``train.init_from`` and what the new run records of it (its hash, step,
     data fingerprint and labels: provenance, not paths or names from the data)."""
@@ -463,9 +470,7 @@ def _init_source(cfg: Config) -> tuple[dict, dict]:
     if state.get("generator") is None or state.get("discriminator") is None:
         raise CheckpointError(f"{where}: holds no discriminator (a generator-only snapshot, such as a shipped "
                               "model?); fine-tuning needs a training checkpoint, RUN/checkpoints/step_*.pt")
-    if state.get("model_name") != cfg.model.name:
-        raise CheckpointError(f"{where}: written by model {state.get('model_name')!r}, the config trains "
-                              f"{cfg.model.name!r}")
+    _check_model_name(state, cfg, where)
     shape = [1, *cfg.data.image_size]
     if list(state.get("image_shape") or []) != shape:
         raise CheckpointError(f"{where}: its images are {state.get('image_shape')} (channels first), the config "
@@ -719,9 +724,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     if resume:        # checked before prepare_run_data rewrites config.yaml: a refused resume changes nothing
         path = latest_checkpoint(ckpt_dir)
         state = load_checkpoint(path)
-        if state.get("model_name") != cfg.model.name:
-            raise CheckpointError(f"{path}: written by model {state.get('model_name')!r}, "
-                                  f"config says {cfg.model.name!r}")
+        _check_model_name(state, cfg, str(path))
         check_lr_history(state.get("config", {}).get("train", {}), cfg.train, int(state["step"]))
         init_state, init_info = None, state.get("init_from")     # the weights come from the run itself
     elif cfg.train.init_from:

@@ -602,7 +602,7 @@ def test_init_from_refuses_a_source_that_does_not_fit(tmp_path, mednist_small):
     state = load_checkpoint(step_checkpoints(src / "checkpoints")[-1])
     slim = tmp_path / "slim.pt"
     save_checkpoint(slim, {k: v for k, v in state.items() if k not in ("discriminator", "opt_d")})
-    cases = [({"model.name": "dcgan"}, src, "written by model 'resgan', the config trains 'dcgan'"),
+    cases = [({"model.name": "dcgan"}, src, "written by model 'resgan', config says 'dcgan'"),
              ({"data.image_size": [64, 64]}, src, r"its images are \[1, 32, 32\].*asks for \[1, 64, 64\]"),
              ({"model.width": 16}, src, r"its generator does not fit the configured one \(.* is \[.*\], here \[.*\]"),
              ({"model.d_norm": "instance", "model.d_regularization": "r1"}, src,
