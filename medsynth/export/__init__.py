@@ -270,6 +270,17 @@ def _checkpoint_for(run_dir: Path, sha: str):
 # the export
 
 
+def _fine_tuned_from(state: dict) -> dict | None:
+    """The checkpoint a fine-tuned model started from (``medsynth train --init-from``): its SHA-256, step and
+    data fingerprint, so that a reader of the export knows the model saw other data first; None for a
+    model trained from random weights. The source's label names and path are not copied."""
+    src = state.get("init_from")
+    if not src:
+        return None
+    return {"checkpoint_sha256": src.get("sha256"), "training_step": src.get("step"),
+            "data_fingerprint": src.get("data_fingerprint")}
+
+
 def export_run(run_dir, fmt: str, *, n: int | None = None, from_samples=None, out=None, overwrite: bool = False,
                skip_privacy_check: bool = False, modality: str | None = None, secondary_capture: bool = False,
                bids: bool = False, bids_suffix: str | None = None, bits: int = 16, seed: int = 0,
@@ -385,6 +396,7 @@ def export_run(run_dir, fmt: str, *, n: int | None = None, from_samples=None, ou
             "run_dir": str(run_dir.resolve()), "checkpoint": str(loaded.checkpoint),
             "checkpoint_sha256": loaded.checkpoint_sha256, "model_name": state.get("model_name"),
             "training_step": state.get("step"), "data_fingerprint": state.get("data_fingerprint"),
+            "fine_tuned_from": _fine_tuned_from(state),
             "format": fmt, "files": len(rows), "samples": len(chosen), "samples_dir": str(samples_dir.resolve()),
             "options": {"n": n, "from_samples": str(from_samples) if from_samples is not None else None, "seed": seed,
                         "label": label, "modality": modality, "bids": bids, "bids_suffix": bids_suffix, "bits": bits,

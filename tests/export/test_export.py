@@ -263,3 +263,22 @@ def test_nothing_from_training_headers_reaches_any_exported_byte(dicom_trained_r
     # the spacing of the training files does reach the export (geometry is not identity)
     prov = json.loads((tmp_path / "dcm" / "provenance.json").read_text())
     assert prov["geometry"]["spacing_nominal"] is False
+
+
+def test_provenance_says_which_checkpoint_a_fine_tuned_model_started_from(run2d, tmp_path, mednist_small):
+    from medsynth.training.checkpoint import file_sha256, load_checkpoint
+    from medsynth.training.loop import train
+    from tests.training.conftest import tiny_config
+
+    src = train(tiny_config(mednist_small, **{"data.labels": ["MRBrain"], "train.steps": 2}), tmp_path / "src",
+                progress=False)
+    tuned = tmp_path / "tuned"
+    train(tiny_config(mednist_small, **{"data.labels": ["CXR"], "train.steps": 1,
+                                        "train.init_from": str(tmp_path / "src")}), tuned, progress=False)
+    prov = json.loads((export(tuned, "png", tmp_path / "png", n=1) / "provenance.json").read_text())
+    assert prov["fine_tuned_from"] == {"checkpoint_sha256": file_sha256(src.checkpoint), "training_step": 2,
+                                       "data_fingerprint": load_checkpoint(src.checkpoint)["data_fingerprint"]}
+    assert prov["fine_tuned_from"]["data_fingerprint"] != prov["data_fingerprint"]
+    assert "MRBrain" not in json.dumps(prov["fine_tuned_from"])         # no label names or paths of the source
+    plain = json.loads((export(run2d, "png", tmp_path / "plain", n=1) / "provenance.json").read_text())
+    assert plain["fine_tuned_from"] is None
