@@ -94,7 +94,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    """Which generator/discriminator pair to build (see medsynth.models and docs/models.md)."""
+    """Which generator/discriminator pair to build (see medsynth.models and docs/training.md)."""
 
     name: str = _choice("resgan", "resgan", "dcgan",
                         help="resgan: residual, spectrally normalised, conditional GAN with EMA and "
@@ -158,6 +158,11 @@ class ModelConfig:
                                           "0.6); unset: fixed augment_p", min=0.0, max=1.0)
     ada_images: int = _opt(100000, "resgan with ada_target: images over which p can move from 0 to 1 (the paper: "
                                    "500k)", min=1)
+    jpeg_output: bool = _opt(False, "any model, 2D: the generator ends in the JPEG compression that stored the "
+                                    "training images (their quantisation table, read from the files, which must "
+                                    "all be 8-bit grayscale JPEGs of data.image_size sharing one table), in "
+                                    "training and sampling: samples carry the same 8x8-block artefacts as the "
+                                    "training files (docs/training.md)")
 
 
 @dataclass

@@ -396,7 +396,7 @@ def export_run(run_dir, fmt: str, *, n: int | None = None, from_samples=None, ou
             "run_dir": str(run_dir.resolve()), "checkpoint": str(loaded.checkpoint),
             "checkpoint_sha256": loaded.checkpoint_sha256, "model_name": state.get("model_name"),
             "training_step": state.get("step"), "data_fingerprint": state.get("data_fingerprint"),
-            "fine_tuned_from": _fine_tuned_from(state),
+            "fine_tuned_from": _fine_tuned_from(state), "jpeg_output": state.get("jpeg_output"),
             "format": fmt, "files": len(rows), "samples": len(chosen), "samples_dir": str(samples_dir.resolve()),
             "options": {"n": n, "from_samples": str(from_samples) if from_samples is not None else None, "seed": seed,
                         "label": label, "modality": modality, "bids": bids, "bids_suffix": bids_suffix, "bits": bits,
@@ -557,7 +557,7 @@ class _Writer:
                                  nominal_spacing=nominal, signed=signed, window=window,
                                  model_name=self.state["model_name"], checkpoint_sha256=sha, modality=value,
                                  orientation=plane.iop, slice_thickness=thickness, acquisition=acquisition,
-                                 label=s.label)
+                                 label=s.label, lossy_jpeg_ratio=(self.state.get("jpeg_output") or {}).get("ratio"))
                 self._encoders[key] = DicomEncoder(spec, item)
             rel = f"{stem}/slice_{k:04d}.dcm" if self.volumes else f"{stem}.dcm"
             _write(self.out / rel, self._encoders[key].encode(item))

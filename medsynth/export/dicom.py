@@ -73,6 +73,7 @@ class DicomSpec:
     slice_thickness: float | None = None    # MR: mm, None when unknown (2D slices)
     acquisition: str = "2D"                 # MR: MRAcquisitionType
     label: str = ""
+    lossy_jpeg_ratio: float | None = None   # model.jpeg_output: the pixels went through the training files' JPEG
 
     @property
     def modality_value(self) -> str:
@@ -236,7 +237,12 @@ def build_dataset(spec: DicomSpec, item: DicomItem) -> Dataset:
         ds.RescaleIntercept = "0"
         ds.RescaleSlope = "1"
         ds.RescaleType = "US"
-    ds.LossyImageCompression = "00"
+    if spec.lossy_jpeg_ratio is None:
+        ds.LossyImageCompression = "00"
+    else:   # a model.jpeg_output generator draws its images through a lossy JPEG round trip (PS3.3 C.7.6.1.1.5)
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionRatio = ds_str(spec.lossy_jpeg_ratio)
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
     if spec.kind == "DX":
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.PresentationLUTShape = "IDENTITY"

@@ -64,7 +64,14 @@ def build_model(cfg, image_shape: tuple[int, ...], num_classes: int = 0) -> GanM
     _load_builtin()
     if cfg.name not in _REGISTRY:
         raise ValueError(f"unknown model {cfg.name!r}; available: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[cfg.name](cfg, tuple(image_shape), num_classes)
+    model = _REGISTRY[cfg.name](cfg, tuple(image_shape), num_classes)
+    if getattr(cfg, "jpeg_output", False):
+        if len(image_shape) != 3:
+            raise ValueError("model.jpeg_output is for 2D images (JPEG stores 2D pictures)")
+        from medsynth.models.jpeg import JpegOutput
+
+        model.generator = JpegOutput(model.generator)
+    return model
 
 
 def changed_settings(cfg, names=None) -> list[str]:

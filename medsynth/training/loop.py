@@ -425,7 +425,7 @@ def _tensorboard(run_dir: Path):
 
 def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source, bundle, best,
                       world_size: int = 1, ada: AdaptiveP | None = None, runtime: dict | None = None,
-                      lecam: LeCam | None = None, init_from: dict | None = None) -> dict:
+                      lecam: LeCam | None = None, init_from: dict | None = None, jpeg: dict | None = None) -> dict:
     """Everything a resume or a sampler needs. ``runtime``: what the writing session resolved
     train.device/precision/compile to (``{"device": "cpu", "precision": "bf16", "compiled": False}``), which
     config.yaml's ``auto`` values do not say."""
@@ -449,6 +449,7 @@ def _checkpoint_state(cfg, model: GanModel, ema, opt_g, opt_d, step, gen, source
         "batches": source.state(), "best": best, "world_size": world_size,
         "ada": ada.state() if ada is not None else None, "runtime": runtime,
         "lecam": lecam.state() if lecam is not None else None, "init_from": init_from,
+        "jpeg_output": jpeg,    # model.jpeg_output: the training files' table, count and compression ratio
     }
 
 
@@ -479,6 +480,25 @@ def _init_source(cfg: Config) -> tuple[dict, dict]:
             "data_fingerprint": state.get("data_fingerprint"), "labels": list(state.get("labels") or []),
             "conditional": bool(state.get("conditional"))}
     return state, info
+
+
+def _set_jpeg_codec(G, bundle, cfg: Config) -> dict:
+    """Give a ``model.jpeg_output`` generator the quantisation table of the training files and the window
+    of the intensity mapping; refuse data that is not stored as one kind of 8-bit grayscale JPEG."""
+    from medsynth.models.jpeg import training_jpeg_table
+
+    keys = set(bundle.split.train)
+    records = [r for r in bundle.discovery.records if r.key in keys]
+    bad = next((r for r in records if r.format != "jpeg" or r.kind != "image"), None)
+    if bad is not None:
+        raise TrainingError(f"model.jpeg_output: {bad.files[0]} is a {bad.format} {bad.kind}, not a JPEG image; the "
+                            "option needs every training image stored as JPEG (set model.jpeg_output: false)")
+    try:
+        info = training_jpeg_table([r.files[0] for r in records], cfg.data.image_size)
+    except ValueError as e:
+        raise TrainingError(f"model.jpeg_output: {e}") from None
+    G.set_codec(info["table"], (bundle.mapping.source_min, bundle.mapping.source_max))
+    return info
 
 
 def _init_networks(source: dict, info: dict, G, D, num_classes: int, labels, where: str) -> None:
@@ -754,6 +774,10 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     if init_state is not None:
         where = f"train.init_from {cfg.train.init_from}"
         _init_networks(init_state, init_info, G, D, num_classes, bundle.labels, where)
+    jpeg_info = _set_jpeg_codec(G, bundle, cfg) if cfg.model.jpeg_output else None
+    if main and jpeg_info is not None and progress is not False:
+        print(f"model.jpeg_output: samples go through the JPEG compression of the {jpeg_info['files']} training "
+              f"files (quantisation table {jpeg_info['table'][:4]}...)", file=sys.stderr)
     if main and model.ignored:
         by_reason: dict[str, list[str]] = {}
         for key, reason in model.ignored.items():
@@ -863,7 +887,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
             raise TrainingError(f"step {at_step}: the ranks' weights differ; not writing a checkpoint")
         if main:
             save_checkpoint(path, _checkpoint_state(cfg, model, ema, opt_g, opt_d, at_step, gen, source, bundle, best,
-                                                    ctx.world_size, ada, runtime, lecam, init_info))
+                                                    ctx.world_size, ada, runtime, lecam, init_info, jpeg_info))
             prune(ckpt_dir, cfg.train.keep_last)
         last_saved = path
         return path
@@ -980,7 +1004,7 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
                 if is_best:
                     save_checkpoint(ckpt_dir / "best.pt", _checkpoint_state(cfg, model, ema, opt_g, opt_d, step, gen,
                                                                             source, bundle, best, ctx.world_size, ada,
-                                                                            runtime, lecam))
+                                                                            runtime, lecam, init_info, jpeg_info))
             if step % cfg.train.checkpoint_every == 0 or step == end or stopping:
                 save(step)
             if stopping:

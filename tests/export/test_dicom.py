@@ -259,3 +259,36 @@ def test_helpers_fail_on_a_file_without_preamble_or_a_bad_value(good_mr, tmp_pat
     ds.save_as(tmp_path / "baduid.dcm")
     with pytest.raises(ValueError):
         strict_read(tmp_path / "baduid.dcm")
+
+
+def test_a_jpeg_output_model_exports_files_marked_lossy(tmp_path, shared_data):
+    """model.jpeg_output images went through a lossy JPEG round trip: DICOM says so (LossyImageCompression 01,
+    method ISO_10918_1, the training files' ratio), the files still pass the validators, and provenance.json
+    records the codec."""
+    import json
+    import shutil
+
+    from medsynth.training.checkpoint import load_checkpoint
+    from medsynth.training.loop import train
+    from tests.conftest import MEDNIST
+    from tests.training.conftest import tiny_config
+
+    (tmp_path / "data" / "CXR").mkdir(parents=True)
+    for f in sorted((MEDNIST / "CXR").iterdir())[:24]:
+        shutil.copy(f, tmp_path / "data" / "CXR" / f.name)
+    res = train(tiny_config(tmp_path / "data", **{"data.image_size": [64, 64], "model.jpeg_output": True,
+                                                  "train.steps": 1}), tmp_path / "run", progress=False)
+    codec = load_checkpoint(res.checkpoint)["jpeg_output"]
+    train_keys = json.loads((tmp_path / "run" / "split.json").read_text())["train"]
+    assert codec["files"] == len(train_keys) and 2 < codec["ratio"] < 8       # ~1 KB files of 64x64 pixels
+    out = export(tmp_path / "run", "dicom", tmp_path / "out", n=2)
+    files = sorted(out.glob("*.dcm"))
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        assert ds.LossyImageCompression == "01" and ds.LossyImageCompressionMethod == "ISO_10918_1"
+        assert float(ds.LossyImageCompressionRatio) == pytest.approx(codec["ratio"], abs=0.01)
+    assert_conformant(files)
+    assert json.loads((out / "provenance.json").read_text())["jpeg_output"] == codec
+    spec = _spec("DX", lossy_jpeg_ratio=codec["ratio"])
+    item = _item(1)
+    assert DicomEncoder(spec, _item(0)).encode(item) == save_dataset(build_dataset(spec, item))

@@ -422,6 +422,13 @@ def test_fid_hook_logs_keeps_the_best_checkpoint_and_leaves_training_unchanged(t
     real = ext.features(bundle.prepared.batch(bundle.train_indices, bundle.mapping))
     ref = fid_from_features(real, ext.features(fake))
     assert best["fid"] == pytest.approx(ref, rel=1e-6) and np.isfinite(ref) and ref > 0
+    # best.pt carries the same records as the step checkpoints, e.g. the fine-tuning source
+    tuned = tiny_config(mednist_small, **over, **{"train.fid_every": 1, "train.fid_samples": 12, "train.steps": 1,
+                                                  "train.init_from": str(tmp_path / "plain")})
+    train(tuned, tmp_path / "tuned", progress=False)
+    best_state = load_checkpoint(tmp_path / "tuned/checkpoints/best.pt")
+    assert best_state["init_from"] is not None
+    assert best_state["init_from"] == load_checkpoint(tmp_path / "tuned/checkpoints/step_0000001.pt")["init_from"]
 
 
 @pytest.mark.slow
