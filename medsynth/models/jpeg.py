@@ -70,6 +70,7 @@ class JpegOutput(nn.Module):
         self.register_buffer("jpeg_table", torch.zeros(8, 8))
         self.register_buffer("jpeg_window", torch.tensor([0.0, 255.0]))    # source units of -1 and +1
         self.compress = True
+        self._checked = False
 
     def set_codec(self, table, window: tuple[float, float]) -> None:
         t = torch.as_tensor(table, dtype=torch.float32).reshape(8, 8)
@@ -82,8 +83,10 @@ class JpegOutput(nn.Module):
         y = self.net(z, labels)
         if not self.compress:
             return y
-        if not bool((self.jpeg_table >= 1).all()):
-            raise RuntimeError("JpegOutput has no quantisation table: set_codec() was not called")
+        if not self._checked:      # once, not per call: a data-dependent branch would stall a GPU every step
+            if not bool((self.jpeg_table >= 1).all()):
+                raise RuntimeError("JpegOutput has no quantisation table: set_codec() was not called")
+            self._checked = True
         lo, hi = self.jpeg_window[0], self.jpeg_window[1]
         with torch.autocast(y.device.type, enabled=False):
             v = (y.float() + 1) * 0.5 * (hi - lo) + lo

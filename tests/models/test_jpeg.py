@@ -153,3 +153,19 @@ def test_a_jpeg_output_run_resumes_exactly(tmp_path, cxr_jpegs):
     resumed = loop.train(loop.resume_config(tmp_path / "b", []), tmp_path / "b", resume=True, progress=False)
     _assert_same(_weights(straight.checkpoint), _weights(resumed.checkpoint))
     assert "jpeg_table" in _weights(resumed.checkpoint)["ema"]
+
+
+def test_a_generator_without_its_table_refuses_to_sample():
+    from medsynth.config import resolve_config
+    from medsynth.models import build_model
+
+    cfg = resolve_config(None, {"data.path": "unused", "model.width": 8, "model.jpeg_output": True}).model
+    g = build_model(cfg, (1, 32, 32)).generator
+    with pytest.raises(RuntimeError, match="no quantisation table"):
+        g(torch.zeros(2, g.latent_dim))
+    g.set_codec([10] * 64, (0.0, 255.0))
+    assert g(torch.zeros(2, g.latent_dim)).shape == (2, 1, 32, 32)
+    with pytest.raises(ValueError, match="at least 1"):
+        g.set_codec([0] * 64, (0.0, 255.0))
+    with pytest.raises(ValueError, match="for 2D images"):
+        build_model(cfg, (1, 16, 16, 16))
