@@ -18,7 +18,7 @@ from pathlib import Path
 
 ZOO_DIR = Path(__file__).resolve().parent
 GENERATOR_ONLY = ("medsynth_version", "model_name", "config", "image_shape", "labels", "conditional", "intensity",
-                  "geometry", "data_fingerprint", "step", "world_size", "runtime")
+                  "geometry", "data_fingerprint", "step", "world_size", "runtime", "init_from", "jpeg_output")
 
 
 class ZooError(ValueError):

@@ -118,6 +118,13 @@ def test_a_jpeg_output_generator_samples_through_the_training_files_compression(
         inside = (x > -1) & (x < 1)
         assert torch.allclose(pixels[inside], pixels[inside].round(), atol=1e-3)
         assert load_checkpoint(res.checkpoint)["config"]["model"]["jpeg_output"] is True
+    # a zoo package keeps the codec: its table, and the record an export marks DICOM files from
+    from medsynth import zoo
+
+    zoo.package_model(res.checkpoint, tmp_path / "z.pt")
+    packed = load_generator(tmp_path / "z.pt")
+    assert load_checkpoint(tmp_path / "z.pt")["jpeg_output"] == load_checkpoint(res.checkpoint)["jpeg_output"]
+    assert packed.generator.jpeg_table.flatten().tolist() == table
 
 
 def test_jpeg_output_refuses_data_it_cannot_match(tmp_path, cxr_jpegs, capsys):
