@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from functools import lru_cache
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 
-def _dct_matrix() -> torch.Tensor:
+@lru_cache(maxsize=None)
+def _dct_matrix(device: torch.device) -> torch.Tensor:
+    """The orthonormal 8x8 DCT-II matrix on ``device``, built once per device (the round trip runs every step)."""
     c = torch.zeros(8, 8, dtype=torch.float64)
     for k in range(8):
         for n in range(8):
             c[k, n] = math.cos(math.pi * (2 * n + 1) * k / 16) * (math.sqrt(1 / 8) if k == 0 else math.sqrt(2 / 8))
-    return c.float()
+    return c.float().to(device)
 
 
 def _round(x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +54,7 @@ def jpeg_round_trip(pixels: torch.Tensor, table: torch.Tensor, max_value: float 
     x = F.pad(x, (0, (-w) % 8, 0, (-h) % 8), mode="replicate") - 128.0    # libjpeg repeats the edge pixels
     b, c, hp, wp = x.shape
     blocks = x.reshape(b, c, hp // 8, 8, wp // 8, 8).transpose(3, 4)      # (B, C, h, w, 8, 8)
-    d = _dct_matrix().to(x.device)
+    d = _dct_matrix(x.device)
     q = table.to(x.device, torch.float32)
     coef = _round(d @ blocks @ d.T / q) * q
     out = (d.T @ coef @ d).transpose(3, 4).reshape(b, c, hp, wp)[..., :h, :w] + 128.0
