@@ -19,6 +19,9 @@ from pathlib import Path
 ZOO_DIR = Path(__file__).resolve().parent
 GENERATOR_ONLY = ("medsynth_version", "model_name", "config", "image_shape", "labels", "conditional", "intensity",
                   "geometry", "data_fingerprint", "step", "world_size", "runtime", "init_from", "jpeg_output")
+# buffers that are settings, not learned weights: float16 would shift them (a percentile window such as
+# 12.3..240.7 grey levels is off by up to 0.06 after rounding), so they stay as trained
+KEEP_FLOAT32 = ("jpeg_table", "jpeg_window")
 
 
 class ZooError(ValueError):
@@ -50,7 +53,8 @@ def summary(name: str) -> str:
 
 def package_model(checkpoint, out: Path) -> Path:
     """Write the generator-only checkpoint ``out`` (NAME.pt) from a training checkpoint: the EMA
-    weights (else the generator's) in float16 and the metadata sampling needs. Returns ``out``."""
+    weights (else the generator's) in float16 (the JPEG codec's table and window stay float32) and the
+    metadata sampling needs. Returns ``out``."""
     from medsynth.training.checkpoint import load_checkpoint, save_checkpoint
 
     state = load_checkpoint(checkpoint)
@@ -58,7 +62,8 @@ def package_model(checkpoint, out: Path) -> Path:
     if weights is None:
         raise ZooError(f"{checkpoint}: no generator weights")
     slim = {k: state[k] for k in GENERATOR_ONLY if k in state}
-    slim["ema"] = {k: (v.half() if v.is_floating_point() else v) for k, v in weights.items()}
+    slim["ema"] = {k: (v.half() if v.is_floating_point() and k.rsplit(".", 1)[-1] not in KEEP_FLOAT32 else v)
+                   for k, v in weights.items()}
     slim["generator"] = None
     slim["source_checkpoint_sha256"] = _sha256(Path(checkpoint))
     save_checkpoint(out, slim)

@@ -125,6 +125,18 @@ def test_a_jpeg_output_generator_samples_through_the_training_files_compression(
     packed = load_generator(tmp_path / "z.pt")
     assert load_checkpoint(tmp_path / "z.pt")["jpeg_output"] == load_checkpoint(res.checkpoint)["jpeg_output"]
     assert packed.generator.jpeg_table.flatten().tolist() == table
+    # the weights go to float16, the codec's settings do not: a fractional window survives packaging exactly
+    from medsynth.training.checkpoint import save_checkpoint
+
+    state = load_checkpoint(res.checkpoint)
+    (state["ema"] or state["generator"])["jpeg_window"] = torch.tensor([12.3, 240.7])
+    save_checkpoint(tmp_path / "frac.pt", state)
+    zoo.package_model(tmp_path / "frac.pt", tmp_path / "zf.pt")
+    ema = load_checkpoint(tmp_path / "zf.pt")["ema"]
+    assert ema["jpeg_window"].dtype == torch.float32
+    assert ema["jpeg_window"].tolist() == torch.tensor([12.3, 240.7]).tolist()
+    assert ema["jpeg_table"].dtype == torch.float32
+    assert all(v.dtype == torch.float16 for k, v in ema.items() if v.is_floating_point() and not k.startswith("jpeg_"))
 
 
 def test_jpeg_output_refuses_data_it_cannot_match(tmp_path, cxr_jpegs, capsys):
