@@ -161,8 +161,13 @@ class ModelConfig:
     jpeg_output: bool = _opt(False, "any model, 2D: the generator ends in the JPEG compression that stored the "
                                     "training images (their quantisation table, read from the files, which must "
                                     "all be 8-bit grayscale JPEGs of data.image_size sharing one table), in "
-                                    "training and sampling: samples carry the same 8x8-block artefacts as the "
-                                    "training files (docs/training.md)")
+                                    "sampling and (see jpeg_in_training) training: samples carry the same 8x8-block "
+                                    "artefacts as the training files (docs/training.md)")
+    jpeg_in_training: bool = _opt(True, "with jpeg_output: true also puts the codec between the generator and the "
+                                        "discriminator in training; false applies it only to the images the run "
+                                        "draws (sample grids, the FID hook, generate, evaluate, export), so the "
+                                        "network learns without the codec's rounding in its gradients "
+                                        "(docs/training.md)")
 
 
 @dataclass
@@ -359,6 +364,9 @@ def _validate(cfg: Config, sources: dict[str, str], default_source: str) -> None
             check_kinds(cfg.model.augment)
         except ValueError as e:
             err("model.augment", str(e))
+    if not cfg.model.jpeg_in_training and not cfg.model.jpeg_output:
+        err("model.jpeg_in_training", "applies only with model.jpeg_output: true (there is no codec to leave out of "
+                                      "training)")
     if cfg.train.lr_decay_start is not None and cfg.train.lr_decay_start >= cfg.train.steps:
         err("train.lr_decay_start", f"the decay must start before train.steps ({cfg.train.steps}); "
                                     f"got {cfg.train.lr_decay_start}")

@@ -70,7 +70,7 @@ def build_model(cfg, image_shape: tuple[int, ...], num_classes: int = 0) -> GanM
             raise ValueError("model.jpeg_output is for 2D images (JPEG stores 2D pictures)")
         from medsynth.models.jpeg import JpegOutput
 
-        model.generator = JpegOutput(model.generator)
+        model.generator = JpegOutput(model.generator, in_training=getattr(cfg, "jpeg_in_training", True))
     return model
 
 

@@ -52,7 +52,7 @@ class TutorialDiscriminator(nn.Module):
         return self.net((x + 1.0) * 0.5).reshape(x.shape[0], -1).mean(1)
 
 
-DCGAN_SETTINGS = ("name", "latent_dim", "conditional", "jpeg_output")   # jpeg_output: every model (build_model)
+DCGAN_SETTINGS = ("name", "latent_dim", "conditional", "jpeg_output", "jpeg_in_training")   # every model (build_model)
 
 
 def resgan_only_settings(cfg) -> list[str]:

@@ -65,10 +65,13 @@ class JpegOutput(nn.Module):
     """``net(z, labels)`` followed by the training files' JPEG round trip, in the [-1, 1] units of the run's
     intensity mapping. The quantisation table and the mapping's window are buffers, so checkpoints carry
     them; :meth:`set_codec` fills them when a run starts. ``compress=False`` gives the image before the
-    codec (what the network draws)."""
+    codec (what the network draws). ``in_training=False`` (``model.jpeg_in_training: false``) skips the
+    codec while the module is in training mode, so the discriminator sees the network's own images and
+    only what the run draws in eval mode (grids, FID, sampling) is compressed."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, in_training: bool = True):
         super().__init__()
+        self.in_training = bool(in_training)
         self.net = net
         self.latent_dim, self.num_classes = net.latent_dim, net.num_classes
         self.register_buffer("jpeg_table", torch.zeros(8, 8))
@@ -85,7 +88,7 @@ class JpegOutput(nn.Module):
 
     def forward(self, z, labels=None):
         y = self.net(z, labels)
-        if not self.compress:
+        if not self.compress or (self.training and not self.in_training):
             return y
         if not self._checked:      # once, not per call: a data-dependent branch would stall a GPU every step
             if not bool((self.jpeg_table >= 1).all()):

@@ -498,7 +498,7 @@ def _set_jpeg_codec(G, bundle, cfg: Config) -> dict:
     except ValueError as e:
         raise TrainingError(f"model.jpeg_output: {e}") from None
     G.set_codec(info["table"], (bundle.mapping.source_min, bundle.mapping.source_max))
-    return info
+    return {**info, "in_training": bool(cfg.model.jpeg_in_training)}
 
 
 def _init_networks(source: dict, info: dict, G, D, num_classes: int, labels, where: str) -> None:
@@ -777,7 +777,9 @@ def _train(cfg: Config, run_dir: Path, ctx: Context, *, resume: bool, overwrite:
     jpeg_info = _set_jpeg_codec(G, bundle, cfg) if cfg.model.jpeg_output else None
     if main and jpeg_info is not None and progress is not False:
         print(f"model.jpeg_output: samples go through the JPEG compression of the {jpeg_info['files']} training "
-              f"files (quantisation table {jpeg_info['table'][:4]}...)", file=sys.stderr)
+              f"files (quantisation table {jpeg_info['table'][:4]}...)"
+              f"{'' if jpeg_info['in_training'] else '; training steps do not (model.jpeg_in_training: false)'}",
+              file=sys.stderr)
     if main and model.ignored:
         by_reason: dict[str, list[str]] = {}
         for key, reason in model.ignored.items():

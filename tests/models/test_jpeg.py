@@ -188,3 +188,51 @@ def test_a_generator_without_its_table_refuses_to_sample():
         g.set_codec([0] * 64, (0.0, 255.0))
     with pytest.raises(ValueError, match="for 2D images"):
         build_model(cfg, (1, 16, 16, 16))
+
+
+def test_jpeg_in_training_false_keeps_the_codec_out_of_training_only(tmp_path, cxr_jpegs, monkeypatch):
+    from medsynth.config import ConfigError, resolve_config
+    from medsynth.models import build_model, jpeg
+    from medsynth.sampling import load_generator
+    from medsynth.training.checkpoint import load_checkpoint
+    from medsynth.training.loop import train
+
+    # the module: training mode gives the network's image, eval mode the compressed one
+    cfg = resolve_config(None, {"data.path": "unused", "model.width": 8, "model.jpeg_output": True,
+                                "model.jpeg_in_training": False}).model
+    g = build_model(cfg, (1, 32, 32)).generator
+    g.set_codec([16] * 64, (0.0, 255.0))
+    z = torch.randn(3, g.latent_dim, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    a = g.train()(z)
+    torch.manual_seed(0)
+    assert torch.equal(a, g.net(z))            # batch-norm statistics move in training mode: compare at once
+    g.eval()
+    clean = g.net(z)
+    want = (jpeg_round_trip((clean + 1) * 127.5, torch.full((8, 8), 16.0)) / 127.5 - 1).clamp(-1, 1)
+    assert torch.allclose(g(z), want, atol=1e-5) and not torch.allclose(g(z), clean, atol=0.02)
+    # a run: every round trip with gradients on (a training step) is skipped, the drawn images are compressed
+    calls = []
+    real = jpeg.jpeg_round_trip
+
+    def spy(x, q):
+        calls.append(torch.is_grad_enabled())
+        return real(x, q)
+
+    monkeypatch.setattr(jpeg, "jpeg_round_trip", spy)
+    res = train(_tiny(cxr_jpegs, **{"model.jpeg_in_training": False, "train.steps": 2, "train.grid_every": 1}),
+                tmp_path / "off", progress=False)
+    assert calls and not any(calls)            # the grids went through the codec, no training step did
+    assert load_checkpoint(res.checkpoint)["jpeg_output"]["in_training"] is False
+    calls.clear()
+    on = train(_tiny(cxr_jpegs, **{"train.steps": 2}), tmp_path / "on", progress=False)
+    assert any(calls)                          # the default puts it in every step
+    assert load_checkpoint(on.checkpoint)["jpeg_output"]["in_training"] is True
+    s = load_generator(res.checkpoint)
+    x, _ = s.sample(4, seed=1)
+    pixels = s.mapping.inverse(x)
+    inside = (x > -1) & (x < 1)
+    assert torch.allclose(pixels[inside], pixels[inside].round(), atol=1e-3)
+    # without the codec the setting means nothing, and says so
+    with pytest.raises(ConfigError, match="model.jpeg_in_training: applies only with model.jpeg_output: true"):
+        resolve_config(None, {"data.path": "unused", "model.jpeg_in_training": False})
