@@ -163,9 +163,10 @@ class ModelConfig:
                                     "all be 8-bit grayscale JPEGs of data.image_size sharing one table), in "
                                     "sampling and (see jpeg_in_training) training: samples carry the same 8x8-block "
                                     "artefacts as the training files (docs/training.md)")
-    jpeg_in_training: bool = _opt(True, "with jpeg_output: true also puts the codec between the generator and the "
-                                        "discriminator in training; false applies it only to the images the run "
-                                        "draws (sample grids, the FID hook, generate, evaluate, export), so the "
+    jpeg_in_training: bool = _opt(True, "with jpeg_output: true (the default) also puts the codec between the "
+                                        "generator and the discriminator in training; false applies it only to the "
+                                        "images the run draws (sample grids, the FID hook, generate, evaluate, "
+                                        "privacy, export), so the "
                                         "network learns without the codec's rounding in its gradients "
                                         "(docs/training.md)")
 
