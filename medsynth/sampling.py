@@ -116,56 +116,117 @@ def load_generator(path, device: str | torch.device | None = None, use_ema: bool
     return LoadedGenerator(gen, labels, conditional, mapping, shape, ckpt, file_sha256(ckpt), meta)
 
 
+STAGING_PREFIX = ".staging-"
+REPLACED_MANIFEST = ".manifest.csv.replacing"     # the earlier write's manifest, while files are renamed
+INCOMING_MANIFEST = ".manifest.csv.incoming"      # this write's manifest, until its files are in place
+
+
+def _clear_stale_staging(out_dir: Path) -> None:
+    """Remove staging folders that an earlier, killed :func:`write_samples` left in ``out_dir`` (its
+    process is gone); a live writer's folder is left alone."""
+    import os
+    import shutil
+
+    for d in out_dir.glob(STAGING_PREFIX + "*"):
+        try:
+            pid = int(d.name[len(STAGING_PREFIX):])
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except (ValueError, ProcessLookupError):
+            alive = False
+        except PermissionError:        # another user's live process
+            alive = True
+        if d.is_dir() and not alive:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _move_into_place(staging: Path, out_dir: Path, names: list[str]) -> None:
+    import os
+
+    for name in names:
+        os.replace(staging / name, out_dir / name)
+
+
 def write_samples(loaded: LoadedGenerator, out_dir: Path, n: int, labels=None, seed: int = 0,
                   truncation: float = 1.0, batch_size: int = 64) -> Path:
     """Generate and write 16-bit PNGs (2D) or .npy uint16 volumes (3D) plus manifest.csv (file, index,
     seed, label, checkpoint hash).
 
     Grey levels are a linear map of [-1, 1] to 0..65535 (:func:`read_sample` inverts it); the
-    intensity mapping back to source units is in the checkpoint. Files are written under temporary
-    names and renamed, the manifest last.
+    intensity mapping back to source units is in the checkpoint. The images are sampled and written
+    into a hidden staging folder inside ``out_dir`` first, so an interruption there (the long part)
+    leaves ``out_dir`` as it was. Then the new manifest is written as ``.manifest.csv.incoming``, an
+    earlier one is set aside as ``.manifest.csv.replacing``, the files are renamed into place and the
+    incoming manifest is renamed to ``manifest.csv`` last. A folder never holds a ``manifest.csv`` that
+    lists another write's files, and after an interruption while renaming, :func:`listed_samples` still
+    lists both writes' files, so the next ``generate --overwrite`` removes them.
     """
+    import os
+    import shutil
+
     from PIL import Image
 
     from medsynth.runs import atomic_write_bytes, atomic_write_text
 
     volumes = len(loaded.image_shape) == 4
     out_dir.mkdir(parents=True, exist_ok=True)
+    _clear_stale_staging(out_dir)
     images, y = loaded.sample(n, labels=labels, seed=seed, truncation=truncation, batch_size=batch_size)
-    rows = []
-    for i in range(n):
-        arr = ((images[i, 0].numpy() + 1.0) * 32767.5).round().astype(np.uint16)
-        name = f"sample_{seed}_{i:06d}.{'npy' if volumes else 'png'}"
-        buf = io.BytesIO()
-        if volumes:
-            np.save(buf, arr, allow_pickle=False)
-        else:
-            Image.fromarray(arr).save(buf, format="PNG")
-        atomic_write_bytes(out_dir / name, buf.getvalue())
-        label = loaded.labels[int(y[i])] if y is not None else ""
-        rows.append([name, i, seed, label, truncation, loaded.checkpoint_sha256])
-    text = io.StringIO()
-    w = csv.writer(text, lineterminator="\n")
-    w.writerow(["file", "index", "seed", "label", "truncation", "checkpoint_sha256"])
-    w.writerows(rows)
-    atomic_write_text(out_dir / "manifest.csv", text.getvalue())
-    return out_dir / "manifest.csv"
+    staging = out_dir / f"{STAGING_PREFIX}{os.getpid()}"
+    rows, names = [], []
+    try:
+        staging.mkdir(exist_ok=True)
+        for i in range(n):
+            arr = ((images[i, 0].numpy() + 1.0) * 32767.5).round().astype(np.uint16)
+            name = f"sample_{seed}_{i:06d}.{'npy' if volumes else 'png'}"
+            buf = io.BytesIO()
+            if volumes:
+                np.save(buf, arr, allow_pickle=False)
+            else:
+                Image.fromarray(arr).save(buf, format="PNG")
+            atomic_write_bytes(staging / name, buf.getvalue())
+            names.append(name)
+            label = loaded.labels[int(y[i])] if y is not None else ""
+            rows.append([name, i, seed, label, truncation, loaded.checkpoint_sha256])
+        text = io.StringIO()
+        w = csv.writer(text, lineterminator="\n")
+        w.writerow(["file", "index", "seed", "label", "truncation", "checkpoint_sha256"])
+        w.writerows(rows)
+        manifest, replaced = out_dir / "manifest.csv", out_dir / REPLACED_MANIFEST
+        atomic_write_text(out_dir / INCOMING_MANIFEST, text.getvalue())
+        if manifest.is_file():
+            os.replace(manifest, replaced)
+        _move_into_place(staging, out_dir, names)
+        os.replace(out_dir / INCOMING_MANIFEST, manifest)
+        replaced.unlink(missing_ok=True)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
 
 
 def listed_samples(out_dir: Path) -> list[str] | None:
     """The files listed by the manifest.csv that :func:`write_samples` wrote into ``out_dir``, or None when
-    the folder holds no manifest. Only plain names are returned (a listed path that leaves the folder is
-    ignored), so deleting them can never touch anything else."""
+    the folder holds no manifest. Without a manifest.csv but with the two manifests of a write that was
+    stopped while renaming its files into place, the files both of them list. Only plain names are
+    returned (a listed path that leaves the folder is ignored), so deleting them can never touch anything
+    else."""
     from medsynth.export.manifest import read_manifest
 
-    manifest = Path(out_dir) / "manifest.csv"
-    if not manifest.is_file():
-        return None
-    try:
-        rows = read_manifest(manifest)
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return []
-    names = [r.get("file") or "" for r in rows]
+    out_dir = Path(out_dir)
+    found = [out_dir / "manifest.csv"]
+    if not found[0].is_file():
+        found = [out_dir / REPLACED_MANIFEST, out_dir / INCOMING_MANIFEST]
+        if not any(m.is_file() for m in found):
+            return None
+    names: list[str] = []
+    for manifest in found:
+        if not manifest.is_file():
+            continue
+        try:
+            rows = read_manifest(manifest)
+        except (OSError, UnicodeDecodeError, csv.Error):
+            continue
+        names += [r.get("file") or "" for r in rows if (r.get("file") or "") not in names]
     return [n for n in names if n and Path(n).name == n and n not in (".", "..")]
 
 

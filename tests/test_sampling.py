@@ -1,6 +1,7 @@
 """Generation from trained checkpoints: deterministic by seed, labels as asked, safe loading."""
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -114,3 +115,82 @@ def test_generate_into_an_earlier_generate_needs_overwrite_and_then_leaves_only_
     # a rerun with the same seed and fewer images keeps the rewritten names and drops the rest
     assert main(["generate", str(conditional_run), "-n", "1", "--seed", "2", "--out", str(out), "--overwrite"]) == 0
     assert sorted(p.name for p in out.glob("sample_*")) == ["sample_2_000000.png"]
+
+
+def _folder(path):
+    return {p.name: p.read_bytes() for p in path.iterdir()}
+
+
+def test_generate_stopped_while_writing_leaves_the_earlier_set_untouched(conditional_run, tmp_path, monkeypatch):
+    import medsynth.runs
+    from medsynth.cli import main
+
+    out = tmp_path / "gen"
+    assert main(["generate", str(conditional_run), "-n", "4", "--seed", "1", "--out", str(out)]) == 0
+    before = _folder(out)
+    real_write, calls = medsynth.runs.atomic_write_bytes, []
+
+    def stop_at_third(path, data):       # Ctrl-C while the third image of the new set is being written
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_write(path, data)
+
+    monkeypatch.setattr(medsynth.runs, "atomic_write_bytes", stop_at_third)
+    assert main(["generate", str(conditional_run), "-n", "4", "--seed", "1", "--out", str(out), "--overwrite",
+                 "--truncation", "0.5"]) == 130
+    monkeypatch.undo()
+    # same names, other images: written in place they would now sit under the old manifest's checkpoint rows
+    assert len(calls) == 3 and all(p.parent != out for p in calls)
+    assert _folder(out) == before                        # nothing half-replaced, no staging folder left
+    g = medsynth.load_generator(conditional_run, device="cpu")
+    from medsynth.sampling import read_sample
+    expected, _ = g.sample(4, seed=1)
+    np.testing.assert_allclose(read_sample(out / "sample_1_000002.png"), expected[2, 0].numpy(), atol=1 / 32767)
+
+
+def test_generate_stopped_while_renaming_is_cleaned_by_the_next_overwrite(conditional_run, tmp_path, monkeypatch,
+                                                                           capsys):
+    import medsynth.sampling
+    from medsynth.cli import main
+    from medsynth.sampling import listed_samples
+
+    out = tmp_path / "gen"
+    assert main(["generate", str(conditional_run), "-n", "3", "--seed", "1", "--out", str(out)]) == 0
+    (out / "notes.txt").write_text("mine")
+
+    def move_one_then_stop(staging, out_dir, names):
+        os.replace(staging / names[0], out_dir / names[0])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(medsynth.sampling, "_move_into_place", move_one_then_stop)
+    assert main(["generate", str(conditional_run), "-n", "2", "--seed", "5", "--out", str(out), "--overwrite"]) == 130
+    monkeypatch.undo()
+    # no manifest.csv lists a mix of two writes; both writes' files are still known, and no staging is left
+    assert not (out / "manifest.csv").exists() and not list(out.glob(".staging-*"))
+    assert sorted(listed_samples(out)) == sorted([f"sample_1_{i:06d}.png" for i in range(3)]
+                                                 + [f"sample_5_{i:06d}.png" for i in range(2)])
+    capsys.readouterr()
+    assert main(["generate", str(conditional_run), "-n", "2", "--seed", "7", "--out", str(out)]) == 2
+    assert "already holds samples of an earlier 'medsynth generate' (5 listed" in capsys.readouterr().err
+    assert main(["generate", str(conditional_run), "-n", "2", "--seed", "7", "--out", str(out), "--overwrite"]) == 0
+    # the three seed-1 files and the one seed-5 file that reached the folder
+    assert "removed 4 images" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.csv", "notes.txt", "sample_7_000000.png",
+                                                     "sample_7_000001.png"]
+
+
+def test_staging_folders_of_dead_writers_are_removed_and_live_ones_kept(conditional_run, tmp_path):
+    from medsynth.sampling import write_samples
+
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "gen"
+    dead = out / f".staging-{int(done.stdout)}"
+    live = out / f".staging-{os.getppid()}"
+    for d in (dead, live):
+        d.mkdir(parents=True)
+        (d / "sample_0_000000.png").write_bytes(b"half")
+    write_samples(medsynth.load_generator(conditional_run, device="cpu"), out, 2, seed=0)
+    assert not dead.exists() and live.is_dir()
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".staging")) == [
+        "manifest.csv", "sample_0_000000.png", "sample_0_000001.png"]
